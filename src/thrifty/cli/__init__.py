@@ -1,0 +1,46 @@
+"""The ``thrifty`` command: one subcommand per module, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import sys
+
+from thrifty.errors import ThriftyError
+
+COMMANDS = {
+    "train": ("thrifty.cli.train", "train a GPT on one or more workers"),
+    "sample": ("thrifty.cli.sample", "generate text from a checkpoint"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: thrifty COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "thrifty COMMAND --help shows the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from thrifty import __version__
+
+        print(f"thrifty {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"thrifty: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return module.run(rest)
+    except ThriftyError as exc:
+        print(f"thrifty: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("thrifty: interrupted", file=sys.stderr)
+        return 130

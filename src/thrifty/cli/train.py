@@ -1,0 +1,100 @@
+"""``thrifty train``: parse, check everything that can be checked, then launch the workers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from thrifty import config as config_lib
+from thrifty.errors import ThriftyError
+from thrifty.train import checkpoint
+from thrifty.train.config import TrainConfig
+from thrifty.train.data import _corpus_files
+
+DESCRIPTION = """\
+Train a decoder-only transformer on byte-level text, on one or more worker processes.
+
+Every config option can be set in a TOML file (see examples/) and overridden on the command
+line as --section.key=value. Options and their defaults:
+"""
+
+EPILOG = """
+examples:
+  thrifty train examples/demo.toml --nproc 2
+  thrifty train --strategy.name=diloco --strategy.inner_steps=50 --nproc 2
+  thrifty train --resume runs/demo-20261128-140000 --nproc 2
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+      --rdzv-id job1 -m thrifty.train examples/gpt-small.toml --run.dir=/shared/runs/job1
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thrifty train",
+        description=DESCRIPTION + "\n".join(config_lib.help_lines(TrainConfig)),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", nargs="?", help="TOML config file; defaults apply without one")
+    parser.add_argument("--nproc", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument(
+        "--max-restarts", type=int, default=0,
+        help="restart the workers this many times if one dies; they resume from a checkpoint",
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest complete checkpoint",
+    )
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = config_lib.parse_overrides(rest)
+    if args.nproc < 1:
+        raise ThriftyError("--nproc must be at least 1")
+    if args.max_restarts < 0:
+        raise ThriftyError("--max-restarts must be >= 0")
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config:
+            raise ThriftyError("--resume takes its config from the run directory; drop CONFIG")
+        if not (run_dir / "config.toml").is_file():
+            raise ThriftyError(f"{run_dir} is not a run directory (no config.toml)")
+        cfg = config_lib.load(TrainConfig, run_dir / "config.toml", overrides)
+        latest = checkpoint.latest_valid(run_dir)
+        if latest is None:
+            raise ThriftyError(f"{run_dir} has no complete checkpoint to resume from")
+        world = checkpoint.read_meta(latest)["world_size"]
+        if world != args.nproc:
+            raise ThriftyError(f"checkpoint {latest} was written by {world} workers; "
+                               f"resume it with --nproc {world}")
+    else:
+        cfg = config_lib.load(TrainConfig, args.config, overrides)
+        from thrifty.train.worker import default_run_dir
+
+        run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg)
+        if checkpoint.complete_checkpoints(run_dir):
+            raise ThriftyError(f"{run_dir} already holds checkpoints: continue it with "
+                               f"--resume {run_dir}, or choose another --run.dir")
+    cfg.run.dir = str(run_dir)
+    if cfg.strategy.name == "single" and args.nproc > 1:
+        raise ThriftyError("strategy.name: single trains in one process; use --nproc 1")
+    cfg.layout(args.nproc)  # the batch must split over the workers
+    _corpus_files(cfg.data)  # fail here, once, rather than in every worker
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.toml"
+    checkpoint.write_atomic(config_path, config_lib.dump(cfg).encode())
+    print(f"run directory: {run_dir}", flush=True)
+    if args.nproc == 1 and args.max_restarts == 0:
+        from thrifty.train.worker import train
+
+        train(cfg, run_dir, resume=bool(args.resume))
+    else:
+        from thrifty.train.launch import launch
+
+        launch(config_path, args.nproc, args.max_restarts, resume=bool(args.resume))
+    return 0

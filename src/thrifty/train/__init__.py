@@ -1,0 +1,1 @@
+"""``thrifty train``: data-parallel GPT training with communication-efficient strategies."""

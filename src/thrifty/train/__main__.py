@@ -1,0 +1,5 @@
+import sys
+
+from thrifty.train.worker import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""One training process: join the process group, train, leave. ``python -m thrifty.train``.
+
+Started by ``thrifty train --nproc N`` through torch's elastic launcher, or by ``torchrun`` on
+each machine of a multi-machine job; a plain ``python -m thrifty.train CONFIG`` trains alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from thrifty import config as config_lib
+from thrifty.errors import ThriftyError
+from thrifty.train.config import TrainConfig
+from thrifty.train.loop import Trainer, Workers, format_summary
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    # Under torchrun every machine must agree on the directory: the rendezvous id is shared.
+    suffix = os.environ.get("TORCHELASTIC_RUN_ID") or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.run.name}-{suffix}"
+
+
+def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    want = cfg.run.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ThriftyError("run.device: cuda requested but no CUDA device is available")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def join(cfg: TrainConfig) -> Workers:
+    """Join the process group the launcher set up (or a group of one), per strategy."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
+    if cfg.strategy.name == "single":
+        if world > 1:
+            raise ThriftyError("strategy.name: single trains in one process; use --nproc 1")
+        return Workers(rank=0, world_size=1, device=device, distributed=False)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return Workers(rank=rank, world_size=world, device=device, distributed=True)
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
+    """Train in this process as one worker of the job; returns the run summary."""
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    workers = join(cfg)
+    try:
+        if workers.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_path = run_dir / "config.toml"
+            if not config_path.exists():
+                from thrifty.train.checkpoint import write_atomic
+
+                write_atomic(config_path, config_lib.dump(cfg).encode())
+        # After a worker died, the launcher restarts the group: pick up where the last complete
+        # checkpoint left off instead of starting over.
+        trainer = Trainer(cfg, run_dir, workers, resume=resume or restarts > 0, restarts=restarts)
+        summary = trainer.run()
+        if workers.is_main:
+            print("\nrun summary\n" + format_summary(summary), flush=True)
+        return summary
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m thrifty.train", add_help=True)
+    parser.add_argument("config", nargs="?", help="TOML config (defaults apply without one)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = config_lib.load(TrainConfig, args.config, config_lib.parse_overrides(rest))
+        run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg)
+        train(cfg, run_dir, args.resume)
+    except ThriftyError as exc:
+        rank = os.environ.get("RANK")
+        where = f" (rank {rank})" if rank not in (None, "0") else ""
+        print(f"thrifty: error{where}: {exc}", file=sys.stderr)
+        return 1
+    return 0
