@@ -92,6 +92,11 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, from_text: set[str])
         raise ConfigError(f"{prefix}{exc}") from None
 
 
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from already-parsed values (a TOML table, a saved config)."""
+    return _build(cls, data, "", set())
+
+
 def parse_overrides(args: list[str]) -> dict[str, str]:
     """``["--train.lr=3e-4", "--model.n_layer", "6"]`` -> ``{"train.lr": "3e-4", ...}``."""
     out: dict[str, str] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import os
 import sys
 from pathlib import Path
@@ -74,6 +75,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
             print("\nrun summary\n" + format_summary(summary), flush=True)
         return summary
     finally:
+        # DDP and PowerSGD hold work on the process group: release them before the group, or
+        # gloo's threads can be torn down under them at exit.
+        trainer = None
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -28,14 +28,21 @@ class DDP(Strategy):
     def __init__(self, cfg: StrategyConfig, model: nn.Module, world_size: int, device: torch.device):
         super().__init__(cfg, model, world_size, device)
         powersgd = cfg.ddp_hook == "powersgd"
+        options = {}
+        if powersgd:
+            # PowerSGD chains several all-reduces per bucket through future callbacks, which run
+            # on other threads: with two buckets in flight, ranks can issue them in different
+            # orders and the collectives mismatch. One bucket keeps each step's collectives in
+            # a single chain (PowerSGD's traffic is small, so losing overlap costs little).
+            grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            options["bucket_cap_mb"] = grad_bytes / 2**20 + 1
+            # With one bucket, DDP's re-bucketing after the first step (in the order gradients
+            # become ready) yields the same layout as the initial one for this model, so the
+            # error feedback PowerSGD keeps per bucket lines up again after a resume; the resume
+            # test checks it. (find_unused_parameters would also stop the re-bucketing, but it
+            # adds a collective of its own that races PowerSGD's callbacks.)
         self.ddp = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            # DDP re-buckets gradients after the first step, in the order they became ready.
-            # PowerSGD keys its error feedback by bucket, so a resumed run, whose first step uses
-            # the initial buckets, would add each error to the wrong gradient. Finding unused
-            # parameters switches the rebuild off: the same buckets before and after a resume.
-            find_unused_parameters=powersgd,
+            model, device_ids=[device.index] if device.type == "cuda" else None, **options
         )
         self.powersgd: psgd.PowerSGDState | None = None
         if powersgd:
