@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from thrifty import config as config_lib
@@ -64,9 +65,13 @@ def run(argv: list[str]) -> int:
         if not (run_dir / "config.toml").is_file():
             raise ThriftyError(f"{run_dir} is not a run directory (no config.toml)")
         cfg = config_lib.load(TrainConfig, run_dir / "config.toml", overrides)
-        latest = checkpoint.latest_valid(run_dir)
+        problems: list[str] = []
+        latest = checkpoint.latest_valid(run_dir, warn=problems.append)
         if latest is None:
-            raise ThriftyError(f"{run_dir} has no complete checkpoint to resume from")
+            why = f" ({problems[0]})" if problems else ""
+            raise ThriftyError(f"{run_dir} has no valid checkpoint to resume from{why}")
+        for problem in problems:  # newer checkpoints that are damaged: say so, use an older one
+            print(f"thrifty: warning: {problem}", file=sys.stderr)
         world = checkpoint.read_meta(latest)["world_size"]
         if world != args.nproc:
             raise ThriftyError(f"checkpoint {latest} was written by {world} workers; "

@@ -99,11 +99,15 @@ class RunConfig:
     eval_batches: int = option(4, "global batches per validation pass")
     checkpoint_interval: int = option(100, "steps between checkpoints (and one at the end); 0: end")
     keep_checkpoints: int = option(2, "newest complete checkpoints kept; older ones are removed")
+    stop_after: int = option(
+        0, "checkpoint and exit after this many steps (a time slice); 0: run to the budget"
+    )
 
     def __post_init__(self) -> None:
         for key in ("log_interval", "eval_interval", "eval_batches", "keep_checkpoints"):
             _require(getattr(self, key) > 0, key, "must be positive")
         _require(self.checkpoint_interval >= 0, "checkpoint_interval", "must be >= 0")
+        _require(self.stop_after >= 0, "stop_after", "must be >= 0")
 
 
 @dataclass

@@ -182,8 +182,11 @@ class Trainer:
         total, count = self._sum([total, count])
         return total / count
 
-    def run(self) -> dict:
+    def run(self) -> dict | None:
+        """Train to the token budget and return the run summary; None if stopped early by
+        ``run.stop_after`` (the run continues with ``--resume``)."""
         cfg, max_steps = self.cfg, self.cfg.max_steps
+        first_step = self.step
         self.log(
             f"training {self.model.num_params(non_embedding=False):,} parameters on "
             f"{self.w.world_size} x {self.w.device.type} with strategy {self._strategy_label()}: "
@@ -228,6 +231,9 @@ class Trainer:
                 and self.step < max_steps
             ):
                 self.save_checkpoint()
+            if cfg.run.stop_after and self.step - first_step >= cfg.run.stop_after:
+                if self.step < max_steps:
+                    return self._stop_early()
         self.strategy.finish()
         if self.bar is not None:
             self.bar.close()
@@ -239,6 +245,17 @@ class Trainer:
             ckpt.write_atomic(self.run_dir / "run.json", json.dumps(summary, indent=1).encode())
             self.metrics.close()
         return summary
+
+    def _stop_early(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.save_checkpoint()
+        if self.metrics is not None:
+            self.metrics.close()
+        self.log(f"stopped after step {self.step} (run.stop_after); continue with "
+                 f"thrifty train --resume {self.run_dir}")
+        return None
 
     def _strategy_label(self) -> str:
         s = self.cfg.strategy

@@ -55,8 +55,9 @@ def join(cfg: TrainConfig) -> Workers:
     return Workers(rank=rank, world_size=world, device=device, distributed=True)
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
-    """Train in this process as one worker of the job; returns the run summary."""
+def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
+    """Train in this process as one worker of the job; returns the run summary (None when
+    stopped early by ``run.stop_after``)."""
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     workers = join(cfg)
     try:
@@ -71,7 +72,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict:
         # checkpoint left off instead of starting over.
         trainer = Trainer(cfg, run_dir, workers, resume=resume or restarts > 0, restarts=restarts)
         summary = trainer.run()
-        if workers.is_main:
+        if workers.is_main and summary is not None:
             print("\nrun summary\n" + format_summary(summary), flush=True)
         return summary
     finally:

@@ -18,8 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from thrifty.train.config import StrategyConfig
 from thrifty.train.strategies.base import Strategy, counting_all_reduce
 
-_POWERSGD_STATE = ("error_dict", "p_memory_dict", "q_memory_dict", "iter",
-                   "total_numel_before_compression", "total_numel_after_compression")
+_POWERSGD_STATE = ("iter", "total_numel_before_compression", "total_numel_after_compression")
 
 
 class DDP(Strategy):
@@ -55,7 +54,11 @@ class DDP(Strategy):
                 warm_start=True,
                 compression_stats_logging_frequency=1 << 62,  # torch logs at INFO otherwise
             )
-            self.ddp.register_comm_hook(self.powersgd, psgd.powerSGD_hook)
+            self.names = {p.data_ptr(): n for n, p in model.named_parameters()}
+            self.shapes = {n: p.shape for n, p in model.named_parameters()}
+            self.layout: list[str] | None = None  # parameter order of the flat PowerSGD state
+            self.pending: dict | None = None  # per-parameter state loaded from a checkpoint
+            self.ddp.register_comm_hook(self.powersgd, self._powersgd_hook)
         else:
             hook = {
                 "none": default_hooks.allreduce_hook,
@@ -78,10 +81,73 @@ class DDP(Strategy):
             loss.backward()
         self.counter.syncs += 1
 
+    # PowerSGD keeps its error feedback and warm-start factors as one flat tensor per bucket, in
+    # the bucket's parameter order. DDP builds its first bucket in registration order and
+    # rebuilds it after one step in the order gradients become ready, so a resumed run sees a
+    # different order for one step. PowerSGD's arithmetic is per tensor, so the state is saved
+    # per parameter and laid out again in whatever order the bucket has when it is used.
+
+    def _powersgd_hook(self, state: psgd.PowerSGDState, bucket):
+        layout = [self.names[p.data_ptr()] for p in bucket.parameters()]
+        if self.pending is not None:
+            self._assemble(self.pending, layout)
+            self.pending = None
+        elif self.layout is not None and layout != self.layout and state.error_dict:
+            self._assemble(self._split(self.layout), layout)
+        self.layout = layout
+        return psgd.powerSGD_hook(state, bucket)
+
+    def _slices(self, layout: list[str]) -> dict[str, dict[str, tuple[int, int]]]:
+        """Offsets of each parameter's error, P and Q within the flat tensors for ``layout``."""
+        rank, rate = self.powersgd.matrix_approximation_rank, self.powersgd.min_compression_rate
+        out, offset, by_shape = {}, 0, {}
+        for name in layout:
+            shape = self.shapes[name]
+            numel = shape.numel()
+            out[name] = {"error": (offset, numel)}
+            offset += numel
+            n, m = shape[0], numel // shape[0]
+            if psgd._should_compress(n, m, min(n, m, rank), rate)[0]:
+                by_shape.setdefault((n, m), []).append(name)
+        # P and Q are laid out grouped by matrix shape, in order of each shape's first appearance.
+        p_off = q_off = 0
+        for (n, m), names in by_shape.items():
+            r = min(n, m, rank)
+            for name in names:
+                out[name]["p"], out[name]["q"] = (p_off, n * r), (q_off, m * r)
+                p_off, q_off = p_off + n * r, q_off + m * r
+        return out
+
+    def _split(self, layout: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        state, slices = self.powersgd, self._slices(layout)
+        flat = {"error": state.error_dict.get(0), "p": state.p_memory_dict.get(0),
+                "q": state.q_memory_dict.get(0)}
+        return {
+            name: {key: flat[key][o : o + n].clone() for key, (o, n) in parts.items()
+                   if flat[key] is not None}
+            for name, parts in slices.items()
+        }
+
+    def _assemble(self, per_param: dict[str, dict[str, torch.Tensor]], layout: list[str]) -> None:
+        state, slices = self.powersgd, self._slices(layout)
+        for key, store in (("error", state.error_dict), ("p", state.p_memory_dict),
+                           ("q", state.q_memory_dict)):
+            pieces = sorted((parts[key][0], per_param[name][key])
+                            for name, parts in slices.items() if key in per_param.get(name, {}))
+            if pieces:
+                store[0] = torch.cat([t for _, t in pieces])
+
     def local_state_dict(self) -> dict:
         if self.powersgd is None:
             return {}
+        if self.pending is not None:
+            per_param = self.pending
+        elif self.layout is not None and self.powersgd.error_dict:
+            per_param = self._split(self.layout)
+        else:
+            per_param = {}
         state = {name: getattr(self.powersgd, name) for name in _POWERSGD_STATE}
+        state["per_param"] = per_param
         # PowerSGD draws its random projections from a NumPy generator: resume it exactly.
         kind, keys, pos, has_gauss, cached = self.powersgd.rng.get_state()
         state["rng"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -94,6 +160,7 @@ class DDP(Strategy):
             return
         state = dict(local["powersgd"])
         rng = state.pop("rng")
+        self.pending = state.pop("per_param") or None
         for name, value in state.items():
             setattr(self.powersgd, name, value)
         self.powersgd.rng.set_state(("MT19937", rng["keys"].numpy().astype(np.uint32), rng["pos"],
