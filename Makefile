@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/thrifty train examples/demo.toml --nproc 2
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -77,6 +77,7 @@ def run(argv: list[str]) -> int:
             raise ThriftyError(f"checkpoint {latest} was written by {world} workers; "
                                f"resume it with --nproc {world}")
     else:
+        latest = None
         cfg = config_lib.load(TrainConfig, args.config, overrides)
         from thrifty.train.worker import default_run_dir
 
@@ -97,9 +98,9 @@ def run(argv: list[str]) -> int:
     if args.nproc == 1 and args.max_restarts == 0:
         from thrifty.train.worker import train
 
-        train(cfg, run_dir, resume=bool(args.resume))
+        train(cfg, run_dir, resume=latest)
     else:
         from thrifty.train.launch import launch
 
-        launch(config_path, args.nproc, args.max_restarts, resume=bool(args.resume))
+        launch(config_path, args.nproc, args.max_restarts, resume=latest)
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from thrifty.errors import ThriftyError
 
 
-def launch(config_path: Path, nproc: int, max_restarts: int, resume: bool) -> None:
+def launch(config_path: Path, nproc: int, max_restarts: int, resume: Path | None) -> None:
     """Run ``python -m thrifty.train CONFIG`` in ``nproc`` processes on this machine.
 
     If a worker dies, the elastic agent stops the others and restarts the whole group, at most
@@ -36,7 +36,9 @@ def launch(config_path: Path, nproc: int, max_restarts: int, resume: bool) -> No
         max_restarts=max_restarts,
         monitor_interval=0.5,
     )
-    args = ["-u", "-m", "thrifty.train", str(config_path)] + (["--resume"] if resume else [])
+    args = ["-u", "-m", "thrifty.train", str(config_path)]
+    if resume:
+        args += ["--resume", str(resume)]
     try:
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as exc:

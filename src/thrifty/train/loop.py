@@ -63,7 +63,9 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, workers: Workers, resume: bool, restarts: int = 0):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, workers: Workers,
+                 resume: Path | str | None = None, restarts: int = 0):
+        """``resume``: a checkpoint directory, "latest" (the newest valid one, if any), or None."""
         self.cfg, self.run_dir, self.w = cfg, Path(run_dir), workers
         self.started = wall_clock()
         self.restarts = restarts
@@ -99,7 +101,7 @@ class Trainer:
         self.peak_per_worker = self._mean(peak) if peak else None
         self.flops_per_token = self.model.flops_per_token()
 
-        resumed = self._resume() if resume else None
+        resumed = self._resume(resume) if resume else None
         self.metrics = (
             MetricsLog(self.run_dir / "metrics.jsonl", self.step if resumed else None)
             if workers.is_main
@@ -350,8 +352,10 @@ class Trainer:
         self._barrier()
         self.last_checkpoint = final
 
-    def _resume(self) -> Path | None:
-        chosen = [ckpt.latest_valid(self.run_dir) if self.w.is_main else None]
+    def _resume(self, which: Path | str) -> Path | None:
+        chosen = [None]
+        if self.w.is_main:
+            chosen = [ckpt.latest_valid(self.run_dir) if which == "latest" else str(which)]
         if self.w.distributed and self.w.world_size > 1:
             dist.broadcast_object_list(chosen, src=0)
         path = chosen[0]
@@ -425,7 +429,7 @@ class Trainer:
             "bytes_sent_per_worker": counter.bytes_sent,
             "bytes_sent_total": counter.bytes_sent * self.w.world_size,
             "bytes_by_op": counter.bytes_by_op,
-            "collective_calls": counter.calls,
+            "calls_by_op": counter.calls_by_op,
             "syncs": counter.syncs,
             "plain_allreduce_bytes_per_worker": plain if self.w.world_size > 1 else 0,
             "aux_bytes_per_worker": self.aux.bytes_sent,

@@ -7,6 +7,7 @@ each machine of a multi-machine job; a plain ``python -m thrifty.train CONFIG`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import os
@@ -48,14 +49,28 @@ def join(cfg: TrainConfig) -> Workers:
             raise ThriftyError("strategy.name: single trains in one process; use --nproc 1")
         return Workers(rank=0, world_size=1, device=device, distributed=False)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    device_id = device if device.type == "cuda" else None
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # Under the elastic agent every attempt of the group meets in the same agent-hosted store,
+        # and torch's env:// rendezvous adds no per-attempt prefix: after a restart a worker can
+        # read a peer's address from the dead attempt and hang or be refused. A prefix per attempt
+        # keeps each attempt's keys apart.
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+            timeout=dt.timedelta(minutes=10),
+        )
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"thrifty/attempt_{attempt}/", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                device_id=device_id)
+    elif "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend, device_id=device_id)
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return Workers(rank=rank, world_size=world, device=device, distributed=True)
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
+def train(cfg: TrainConfig, run_dir: Path, resume: Path | str | None) -> dict | None:
     """Train in this process as one worker of the job; returns the run summary (None when
     stopped early by ``run.stop_after``)."""
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -70,7 +85,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
                 write_atomic(config_path, config_lib.dump(cfg).encode())
         # After a worker died, the launcher restarts the group: pick up where the last complete
         # checkpoint left off instead of starting over.
-        trainer = Trainer(cfg, run_dir, workers, resume=resume or restarts > 0, restarts=restarts)
+        if restarts:
+            resume = "latest"  # the newest checkpoint, which may be newer than the one given
+        trainer = Trainer(cfg, run_dir, workers, resume=resume, restarts=restarts)
         summary = trainer.run()
         if workers.is_main and summary is not None:
             print("\nrun summary\n" + format_summary(summary), flush=True)
@@ -81,13 +98,18 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
         trainer = None
         gc.collect()
         if dist.is_initialized():
+            with contextlib.suppress(Exception):  # a peer may already be gone after a failure
+                dist.barrier()  # leave together: no rank tears down while a peer still talks
             dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m thrifty.train", add_help=True)
     parser.add_argument("config", nargs="?", help="TOML config (defaults apply without one)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument(
+        "--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+        help="continue from CHECKPOINT, or from the run's newest valid checkpoint",
+    )
     args, rest = parser.parse_known_args(argv)
     try:
         cfg = config_lib.load(TrainConfig, args.config, config_lib.parse_overrides(rest))

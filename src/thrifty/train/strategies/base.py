@@ -29,24 +29,30 @@ class CommCounter:
     """Bytes this rank handed to collectives, by collective, and how many synchronisations."""
 
     bytes_by_op: dict[str, int] = field(default_factory=dict)
-    calls: int = 0
+    calls_by_op: dict[str, int] = field(default_factory=dict)
     syncs: int = 0
 
     def add(self, op: str, tensor: torch.Tensor) -> None:
         nbytes = tensor.numel() * tensor.element_size()
         self.bytes_by_op[op] = self.bytes_by_op.get(op, 0) + nbytes
-        self.calls += 1
+        self.calls_by_op[op] = self.calls_by_op.get(op, 0) + 1
+
+    @property
+    def calls(self) -> int:
+        return sum(self.calls_by_op.values())
 
     @property
     def bytes_sent(self) -> int:
         return sum(self.bytes_by_op.values())
 
     def state_dict(self) -> dict:
-        return {"bytes_by_op": dict(self.bytes_by_op), "calls": self.calls, "syncs": self.syncs}
+        return {"bytes_by_op": dict(self.bytes_by_op), "calls_by_op": dict(self.calls_by_op),
+                "syncs": self.syncs}
 
     def load_state_dict(self, state: dict) -> None:
         self.bytes_by_op = dict(state["bytes_by_op"])
-        self.calls, self.syncs = int(state["calls"]), int(state["syncs"])
+        self.calls_by_op = dict(state["calls_by_op"])
+        self.syncs = int(state["syncs"])
 
 
 @contextlib.contextmanager

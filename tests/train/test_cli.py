@@ -1,0 +1,194 @@
+"""The command line as a newcomer meets it: errors, sampling, metrics, torchrun, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import (
+    SMALL_CORPUS,
+    TINY,
+    assert_one_line_error,
+    final_weights,
+    summary,
+    thrifty,
+    train_tiny,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    train_tiny(run, "--train.tokens=4096", "--run.checkpoint_interval=4", "--run.eval_interval=8",
+               nproc=2)
+    return run
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--train.lrr=1"], "unknown config key train.lrr"),
+    (["--model.n_layer=two"], "model.n_layer: expected int"),
+    (["--strategy.name=zero"], "strategy.name: must be one of"),
+    (["--data.corpus=/no/such/corpus"], "corpus not found: /no/such/corpus"),
+    (["--nproc", "3"], "train.batch_size: 32 does not split over 3 workers"),
+    (["--strategy.name=single", "--nproc", "2"], "single trains in one process"),
+    (["no-such-config.toml"], "config file not found"),
+    (["--resume", "/no/such/run"], "is not a run directory"),
+    (["--model.n_layer"], "model.n_layer: missing value"),
+])
+def test_bad_input_is_one_line(args, fragment):
+    assert_one_line_error(thrifty("train", *args, check=False), fragment)
+
+
+def test_unknown_command():
+    proc = thrifty("frobnicate", check=False)
+    assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr
+
+
+def test_help_lists_options_with_defaults():
+    out = thrifty("train", "--help").stdout
+    for text in ("--model.n_layer=4", "--strategy.inner_steps=50", "--nproc", "--max-restarts",
+                 "--resume", "torchrun"):
+        assert text in out
+
+
+def test_metrics_and_summary(trained):
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 17))
+    for key in ("loss", "lr", "tokens_per_s", "flops_per_token", "mfu", "bytes_sent", "wall_s",
+                "cpu_s"):
+        assert all(r[key] is not None for r in train), key
+    assert all(0 < r["mfu"] < 1 for r in train)
+    assert [r["step"] for r in records if r["event"] == "val"] == [8, 16]
+    s = summary(trained)
+    assert s["tokens"] == 4096 and s["steps"] == 16 and s["world_size"] == 2
+    assert s["bytes_sent_total"] == 2 * s["bytes_sent_per_worker"] > 0
+    assert s["peak_flops_method"].startswith("measured")
+    assert Path(s["checkpoint"]).name == "step_00000016"
+    # keep_checkpoints=2: older ones were pruned
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == [
+        "step_00000012", "step_00000016"]
+
+
+def test_refuses_to_reuse_a_run_directory(trained):
+    proc = thrifty("train", *TINY, f"--run.dir={trained}", check=False)
+    assert_one_line_error(proc, "already holds checkpoints", "--resume")
+
+
+def test_sample_generates_from_a_checkpoint(trained):
+    out = thrifty("sample", str(trained), "--prompt", "import ", "--tokens", "40").stdout
+    assert out.startswith("import ") and len(out.rstrip("\n")) >= len("import ") + 10
+    greedy = [thrifty("sample", str(trained / "checkpoints" / "step_00000016"), "--temperature",
+                      "0", "--tokens", "20").stdout for _ in range(2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_corrupt_checkpoint_is_reported_and_never_loaded(trained, tmp_path):
+    run = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(trained), str(run)], check=True)
+    for ckpt in (run / "checkpoints").iterdir():
+        data = bytearray((ckpt / "shared.pt").read_bytes())
+        data[len(data) // 3] ^= 0x01
+        (ckpt / "shared.pt").write_bytes(bytes(data))
+    proc = thrifty("train", "--resume", str(run), "--nproc", "2", check=False)
+    assert_one_line_error(proc, "no valid checkpoint", "shared.pt fails its SHA-256 checksum")
+    proc = thrifty("sample", str(run / "checkpoints" / "step_00000016"), check=False)
+    assert_one_line_error(proc, "step_00000016: shared.pt fails its SHA-256 checksum")
+    # a truncated file is caught the same way
+    (run / "checkpoints" / "step_00000012" / "rank1.pt").write_bytes(b"")
+    proc = thrifty("sample", str(run / "checkpoints" / "step_00000012"), check=False)
+    assert_one_line_error(proc, "fails its SHA-256")  # shared.pt is checked first
+
+
+def test_resume_with_a_newer_corrupt_checkpoint_falls_back(trained, tmp_path):
+    run = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(trained), str(run)], check=True)
+    (run / "checkpoints" / "step_00000016" / "rank0.pt").write_bytes(b"truncated")
+    (run / "run.json").unlink()
+    proc = thrifty("train", "--resume", str(run), "--nproc", "2")
+    assert "rank0.pt is truncated" in proc.stderr and "resumed from" in proc.stdout
+    assert "step_00000012" in proc.stdout
+    assert summary(run)["steps"] == 16
+
+
+def test_torchrun_runs_the_same_module(tmp_path):
+    """The documented multi-machine command, on one machine: c10d rendezvous, two workers."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", "localhost:0", "--rdzv-id", "test-job", "-m", "thrifty.train",
+           *TINY, "--train.tokens=2048", f"--run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(tmp_path / "run")
+    assert s["world_size"] == 2 and s["steps"] == 8
+
+
+def _worker_pids(run_dir: Path) -> list[int]:
+    needle = f"thrifty.train\0{run_dir}/config.toml".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_killed_worker_is_restarted_and_the_run_completes(tmp_path):
+    """SIGKILL one worker mid-run: the group restarts from the last checkpoint, the run spends
+    its whole token budget, and ends with the weights of a run that was never interrupted."""
+    args = [*TINY, "--model.n_embd=64", "--model.block_size=64", "--train.tokens=76800",
+            "--run.checkpoint_interval=10", "--run.log_interval=10"]  # 150 steps
+    run = tmp_path / "killed"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "thrifty", "train", *args, f"--run.dir={run}", "--nproc", "2",
+         "--max-restarts", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "step_00000020").exists():
+            assert launcher.poll() is None, launcher.communicate()
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        pids = _worker_pids(run)
+        assert len(pids) == 2
+        os.kill(max(pids), signal.SIGKILL)
+        out, err = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, err[-3000:]
+    s = summary(run)
+    assert s["restarts"] == 1
+    assert s["steps"] == 150 and s["tokens"] == 76800
+    assert "resumed from" in out
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] == "train"]
+    assert steps == list(range(10, 151, 10))  # no step logged twice, none missing
+
+    thrifty("train", *args, f"--run.dir={tmp_path / 'whole'}", "--nproc", "2")
+    whole, restarted = final_weights(tmp_path / "whole"), final_weights(run)
+    assert all(torch.equal(whole[k], restarted[k]) for k in whole)
+
+
+def test_corpus_of_one_text_file(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_bytes((SMALL_CORPUS / "decoder.py").read_bytes() * 3)
+    args = [a for a in TINY if not a.startswith("--data.corpus")]
+    thrifty("train", *args, f"--data.corpus={text}", "--train.tokens=1024",
+            f"--run.dir={tmp_path / 'run'}", "--strategy.name=single")
+    assert summary(tmp_path / "run")["steps"] == 4
