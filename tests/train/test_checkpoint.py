@@ -30,12 +30,12 @@ def test_latest_valid_prefers_newest_and_skips_corrupt(tmp_path):
     _write(tmp_path, 1)
     newest = _write(tmp_path, 2)
     assert ckpt.latest_valid(tmp_path) == newest
-    data = bytearray((newest / "shared.pt").read_bytes())
+    data = bytearray((newest / "shared.pt.thz").read_bytes())
     data[len(data) // 2] ^= 0x40  # one flipped bit
-    (newest / "shared.pt").write_bytes(bytes(data))
+    (newest / "shared.pt.thz").write_bytes(bytes(data))
     warnings = []
     assert ckpt.latest_valid(tmp_path, warn=warnings.append) == ckpt.checkpoint_dir(tmp_path, 1)
-    assert len(warnings) == 1 and "shared.pt fails its SHA-256 checksum" in warnings[0]
+    assert len(warnings) == 1 and "shared.pt.thz fails its SHA-256 checksum" in warnings[0]
 
 
 @pytest.mark.parametrize("damage, fragment", [
@@ -44,7 +44,7 @@ def test_latest_valid_prefers_newest_and_skips_corrupt(tmp_path):
 ])
 def test_damage_is_reported_and_never_loaded(tmp_path, damage, fragment):
     final = _write(tmp_path, 3)
-    path = final / "rank0.pt"
+    path = final / "rank0.pt.thz"
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:-10])
     elif damage == "flip":
@@ -80,3 +80,17 @@ def test_write_atomic_replaces_whole(tmp_path):
     ckpt.write_atomic(target, b'{"a": 2}')
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_files_are_stored_compressed_or_plain(tmp_path, compress):
+    state = {"w": torch.randn(200, 100), "m": torch.zeros(200, 100)}
+    partial = ckpt.partial_dir(tmp_path, 1)
+    partial.mkdir(parents=True)
+    entry = ckpt.save_file(partial, "shared.pt", state, compress=compress)
+    final = ckpt.checkpoint_dir(tmp_path, 1)
+    ckpt.publish(partial, final, 1, 1, {"shared.pt": entry})
+    assert entry["file"] == ("shared.pt.thz" if compress else "shared.pt")
+    assert (entry["bytes"] < entry["raw_bytes"] * 0.8) if compress else entry["bytes"] == entry["raw_bytes"]
+    back = ckpt.load_file(final, "shared.pt")
+    assert all(torch.equal(back[k], state[k]) for k in state)

@@ -97,15 +97,15 @@ def test_corrupt_checkpoint_is_reported_and_never_loaded(trained, tmp_path):
     run = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(trained), str(run)], check=True)
     for ckpt in (run / "checkpoints").iterdir():
-        data = bytearray((ckpt / "shared.pt").read_bytes())
+        data = bytearray((ckpt / "shared.pt.thz").read_bytes())
         data[len(data) // 3] ^= 0x01
-        (ckpt / "shared.pt").write_bytes(bytes(data))
+        (ckpt / "shared.pt.thz").write_bytes(bytes(data))
     proc = thrifty("train", "--resume", str(run), "--nproc", "2", check=False)
-    assert_one_line_error(proc, "no valid checkpoint", "shared.pt fails its SHA-256 checksum")
+    assert_one_line_error(proc, "no valid checkpoint", "shared.pt.thz fails its SHA-256 checksum")
     proc = thrifty("sample", str(run / "checkpoints" / "step_00000016"), check=False)
-    assert_one_line_error(proc, "step_00000016: shared.pt fails its SHA-256 checksum")
+    assert_one_line_error(proc, "step_00000016: shared.pt.thz fails its SHA-256 checksum")
     # a truncated file is caught the same way
-    (run / "checkpoints" / "step_00000012" / "rank1.pt").write_bytes(b"")
+    (run / "checkpoints" / "step_00000012" / "rank1.pt.thz").write_bytes(b"")
     proc = thrifty("sample", str(run / "checkpoints" / "step_00000012"), check=False)
     assert_one_line_error(proc, "fails its SHA-256")  # shared.pt is checked first
 
@@ -113,10 +113,10 @@ def test_corrupt_checkpoint_is_reported_and_never_loaded(trained, tmp_path):
 def test_resume_with_a_newer_corrupt_checkpoint_falls_back(trained, tmp_path):
     run = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(trained), str(run)], check=True)
-    (run / "checkpoints" / "step_00000016" / "rank0.pt").write_bytes(b"truncated")
+    (run / "checkpoints" / "step_00000016" / "rank0.pt.thz").write_bytes(b"truncated")
     (run / "run.json").unlink()
     proc = thrifty("train", "--resume", str(run), "--nproc", "2")
-    assert "rank0.pt is truncated" in proc.stderr and "resumed from" in proc.stdout
+    assert "rank0.pt.thz is truncated" in proc.stderr and "resumed from" in proc.stdout
     assert "step_00000012" in proc.stdout
     assert summary(run)["steps"] == 16
 

@@ -9,6 +9,10 @@ from thrifty.errors import ThriftyError
 COMMANDS = {
     "train": ("thrifty.cli.train", "train a GPT on one or more workers"),
     "sample": ("thrifty.cli.sample", "generate text from a checkpoint"),
+    "compress": ("thrifty.cli.compress:run_compress", "compress files losslessly (FILE -> FILE.thz)"),
+    "decompress": ("thrifty.cli.compress:run_decompress", "restore compressed files"),
+    "inspect": ("thrifty.cli.compress:run_inspect", "what a .thz file holds, ratio per tensor and plane"),
+    "bench": ("thrifty.cli.compress:run_bench", "one file under thrifty and the usual codecs"),
 }
 
 
@@ -35,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    command = getattr(importlib.import_module(module_name), function or "run")
     try:
-        return module.run(rest)
+        return command(rest)
     except ThriftyError as exc:
         print(f"thrifty: error: {exc}", file=sys.stderr)
         return 1

@@ -21,28 +21,11 @@ from pathlib import Path
 import torch
 
 from thrifty.errors import ThriftyError
+from thrifty.files import fsync_dir as _fsync_dir
+from thrifty.files import write_atomic
 
 FORMAT = 1
 _PREFIX = "step_"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` holds either the old content or all of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -53,13 +36,21 @@ def partial_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f".{_PREFIX}{step:08d}.partial"
 
 
-def save_file(directory: Path, name: str, state: dict) -> dict:
-    """Serialise ``state`` into ``directory/name``; returns its manifest entry."""
+def save_file(directory: Path, name: str, state: dict, compress: bool = True) -> dict:
+    """Serialise ``state`` as ``name`` in ``directory``; returns its manifest entry. With
+    ``compress`` the ``torch.save`` bytes are stored in the thrifty container (``name.thz``),
+    whose float transform shrinks weights and optimizer moments losslessly."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    write_atomic(directory / name, data)
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    entry = {"file": name, "raw_bytes": len(data)}
+    if compress:
+        from thrifty.compress import SUFFIX, compress_bytes
+
+        data = compress_bytes(data)
+        entry["file"] = name + SUFFIX
+    write_atomic(directory / entry["file"], data)
+    return {**entry, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def publish(partial: Path, final: Path, step: int, world_size: int, files: dict[str, dict]) -> None:
@@ -87,18 +78,26 @@ def load_file(ckpt: Path, name: str, map_location: str | torch.device = "cpu") -
     entry = read_meta(ckpt)["files"].get(name)
     if entry is None:
         raise ThriftyError(f"checkpoint {ckpt}: {name} is not part of it")
+    stored = entry.get("file", name)
     try:
-        data = (ckpt / name).read_bytes()
+        data = (ckpt / stored).read_bytes()
     except FileNotFoundError:
-        raise ThriftyError(f"checkpoint {ckpt}: {name} is missing") from None
+        raise ThriftyError(f"checkpoint {ckpt}: {stored} is missing") from None
     if len(data) != entry["bytes"]:
         raise ThriftyError(
-            f"checkpoint {ckpt}: {name} is truncated ({len(data)} of {entry['bytes']} bytes)"
+            f"checkpoint {ckpt}: {stored} is truncated ({len(data)} of {entry['bytes']} bytes)"
             if len(data) < entry["bytes"]
-            else f"checkpoint {ckpt}: {name} has {len(data)} bytes, expected {entry['bytes']}"
+            else f"checkpoint {ckpt}: {stored} has {len(data)} bytes, expected {entry['bytes']}"
         )
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise ThriftyError(f"checkpoint {ckpt}: {name} fails its SHA-256 checksum (corrupt)")
+        raise ThriftyError(f"checkpoint {ckpt}: {stored} fails its SHA-256 checksum (corrupt)")
+    if stored != name:
+        from thrifty.compress import decompress_bytes
+
+        try:
+            data = decompress_bytes(data)
+        except ThriftyError as e:
+            raise ThriftyError(f"checkpoint {ckpt}: {e}") from None
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
@@ -106,6 +105,7 @@ def verify(ckpt: Path) -> dict:
     """Check every file of ``ckpt`` against its manifest without deserialising; returns meta."""
     meta = read_meta(ckpt)
     for name, entry in meta["files"].items():
+        name = entry.get("file", name)
         path = ckpt / name
         if not path.exists():
             raise ThriftyError(f"checkpoint {ckpt}: {name} is missing")

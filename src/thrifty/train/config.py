@@ -99,6 +99,9 @@ class RunConfig:
     eval_batches: int = option(4, "global batches per validation pass")
     checkpoint_interval: int = option(100, "steps between checkpoints (and one at the end); 0: end")
     keep_checkpoints: int = option(2, "newest complete checkpoints kept; older ones are removed")
+    compress_checkpoints: bool = option(
+        True, "store checkpoint files in the thrifty container (.thz): smaller, still exact"
+    )
     stop_after: int = option(
         0, "checkpoint and exit after this many steps (a time slice); 0: run to the budget"
     )

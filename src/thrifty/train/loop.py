@@ -342,8 +342,10 @@ class Trainer:
         self._barrier()
         files = {}
         if self.w.is_main:
-            files["shared.pt"] = ckpt.save_file(partial, "shared.pt", self._shared_state(cpu_total))
-        files[f"rank{self.w.rank}.pt"] = ckpt.save_file(partial, f"rank{self.w.rank}.pt", self._local_state())
+            files["shared.pt"] = ckpt.save_file(partial, "shared.pt", self._shared_state(cpu_total),
+                                                compress=self.cfg.run.compress_checkpoints)
+        files[f"rank{self.w.rank}.pt"] = ckpt.save_file(partial, f"rank{self.w.rank}.pt", self._local_state(),
+                                                        compress=self.cfg.run.compress_checkpoints)
         gathered = self._gather(files)
         if self.w.is_main:
             manifest = {name: entry for part in gathered for name, entry in part.items()}

@@ -1,0 +1,297 @@
+"""``thrifty compress``, ``decompress``, ``inspect`` and ``bench``: the habits of zstd and gzip.
+
+Sources are kept (as zstd does; ``--rm`` removes them once the output is safely in place), an
+existing output is never replaced without ``-f``, directories need ``-r``, ``-`` is stdin or
+stdout. Each failing input gets one line on stderr and the exit status is 1; the others are
+still done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from thrifty import compress as thz
+from thrifty.compress import container
+from thrifty.errors import ThriftyError
+
+
+def _threads(value: str) -> int:
+    n = int(value)
+    return n if n > 0 else len(os.sched_getaffinity(0))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files, directories with -r, - for stdin")
+    parser.add_argument("-o", "--output", help="output file (one input only); - for stdout")
+    parser.add_argument("-c", "--stdout", action="store_true", help="write to stdout")
+    parser.add_argument("-T", "--threads", type=_threads, default=_threads("0"),
+                        help="worker threads; 0: one per core (default)")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("-k", "--keep", action="store_true", help="keep the source (the default)")
+    parser.add_argument("--rm", action="store_true", help="remove the source after success")
+    parser.add_argument("-r", "--recursive", action="store_true", help="descend into directories")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no summary lines")
+
+
+def _inputs(args, want_thz: bool) -> list[Path | None]:
+    """Expand the paths: None stands for stdin. In directories, only files that do (or do not)
+    end in .thz are taken."""
+    out: list[Path | None] = []
+    for raw in args.paths:
+        if raw == "-":
+            out.append(None)
+            continue
+        p = Path(raw)
+        if p.is_dir():
+            if not args.recursive:
+                raise ThriftyError(f"{p}: is a directory (use -r)")
+            for f in sorted(q for q in p.rglob("*") if q.is_file()):
+                if (f.suffix == thz.SUFFIX) != want_thz:
+                    continue
+                out.append(f)
+        else:
+            out.append(p)
+    if args.output and len(out) != 1:
+        raise ThriftyError("-o takes exactly one input")
+    return out
+
+
+def _progress(total: int | None, name: str, quiet: bool):
+    if quiet or not sys.stderr.isatty() or (total or 0) < (64 << 20):
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr, leave=False)
+    return bar, bar.update
+
+
+def _each(inputs, work) -> int:
+    failed = 0
+    for src in inputs:
+        try:
+            work(src)
+        except ThriftyError as e:
+            print(f"thrifty: error: {e}", file=sys.stderr)
+            failed += 1
+        except OSError as e:
+            where = e.filename or (src if src is not None else "stdin")
+            print(f"thrifty: error: {where}: {e.strerror or e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _to_stdout(args) -> bool:
+    to = args.stdout or args.output == "-"
+    if to and sys.stdout.isatty() and not args.force:
+        raise ThriftyError("refusing to write compressed data to a terminal (use -f to force)")
+    return to
+
+
+def run_compress(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thrifty compress",
+        description="Compress files losslessly into the thrifty container (FILE -> FILE.thz). "
+                    "Float and integer tensors (safetensors, .npy, torch.save checkpoints) are "
+                    "split into byte planes first; everything else is coded as bytes.",
+    )
+    _common(parser)
+    parser.add_argument("-l", "--level", type=int, help="codec level (zstd: -7..22, default 3)")
+    parser.add_argument("--codec", default="zstd", choices=["zstd", "lz4", "zlib"],
+                        help="codec for bytes that are not tensors (default zstd)")
+    parser.add_argument("--dtype", help="treat the input as raw values of this type (bf16, f32, u16, ...)")
+    parser.add_argument("--chunk-size", type=int, default=container.DEFAULT_CHUNK,
+                        help="bytes per independently coded chunk (default 1 MiB)")
+    parser.add_argument("--verify", action="store_true",
+                        help="decode the output and check it before keeping it")
+    args = parser.parse_args(argv)
+    opts = dict(codec=args.codec, level=args.level, threads=args.threads, chunk_size=args.chunk_size)
+    container.Options(**opts)  # bad options: one error before any file is touched
+    to_stdout = _to_stdout(args)
+
+    def work(src: Path | None) -> None:
+        if src is None or to_stdout:
+            _compress_stream(src, args, opts, to_stdout)
+            return
+        if src.suffix == thz.SUFFIX and not args.force:
+            raise ThriftyError(f"{src}: already has the {thz.SUFFIX} suffix (use -f to compress anyway)")
+        dst = Path(args.output) if args.output else src.with_name(src.name + thz.SUFFIX)
+        bar, tick = _progress(src.stat().st_size, src.name, args.quiet)
+        try:
+            stats = thz.compress_file(src, dst, dtype=args.dtype, overwrite=args.force,
+                                      verify=args.verify, progress=tick, **opts)
+        finally:
+            if bar:
+                bar.close()
+        if args.rm:
+            src.unlink()
+        if not args.quiet:
+            ratio = stats.original / stats.stored if stats.stored else 0
+            print(f"{src} -> {dst}: {stats.original:,} -> {stats.stored:,} bytes ({ratio:.3f}x)"
+                  + (", verified" if args.verify else ""), file=sys.stderr)
+
+    return _each(_inputs(args, want_thz=False), work)
+
+
+def _compress_stream(src: Path | None, args, opts: dict, to_stdout: bool) -> None:
+    from thrifty.files import atomic_writer
+
+    options = container.Options(**opts)
+    if args.dtype:
+        raise ThriftyError("--dtype needs a file input, not a stream")
+    f = sys.stdin.buffer if src is None else open(src, "rb")  # noqa: SIM115
+    try:
+        if to_stdout:
+            container.write(f, sys.stdout.buffer, options)
+            sys.stdout.buffer.flush()
+        else:
+            if not args.output:
+                raise ThriftyError("stdin input needs -o FILE or -c")
+            dst = Path(args.output)
+            if dst.exists() and not args.force:
+                raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
+            with atomic_writer(dst, overwrite=args.force) as out:
+                container.write(f, out, options)
+    finally:
+        if src is not None:
+            f.close()
+
+
+def run_decompress(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thrifty decompress",
+        description="Decode thrifty containers (FILE.thz -> FILE). Every chunk and the whole file "
+                    "are checked; nothing is left behind when a check fails.",
+    )
+    _common(parser)
+    args = parser.parse_args(argv)
+    to_stdout = _to_stdout(args)
+
+    def work(src: Path | None) -> None:
+        if src is None or to_stdout:
+            f = sys.stdin.buffer if src is None else open(src, "rb")  # noqa: SIM115
+            try:
+                if to_stdout:
+                    container.read_all(f, "stdin" if src is None else str(src), sys.stdout.buffer,
+                                       args.threads)
+                    sys.stdout.buffer.flush()
+                    return
+                if not args.output:
+                    raise ThriftyError("stdin input needs -o FILE or -c")
+                thz_out = Path(args.output)
+                from thrifty.files import atomic_writer
+
+                if thz_out.exists() and not args.force:
+                    raise ThriftyError(f"{thz_out}: already exists (use -f to overwrite)")
+                with atomic_writer(thz_out, overwrite=args.force) as out:
+                    container.read_all(f, "stdin", out, args.threads)
+            finally:
+                if src is not None:
+                    f.close()
+            return
+        if args.output:
+            dst = Path(args.output)
+        elif src.suffix == thz.SUFFIX:
+            dst = src.with_suffix("")
+        else:
+            raise ThriftyError(f"{src}: unknown suffix (expected {thz.SUFFIX}; use -o to name the output)")
+        bar, tick = _progress(None, src.name, args.quiet)
+        try:
+            thz.decompress_file(src, dst, threads=args.threads, overwrite=args.force, progress=tick)
+        finally:
+            if bar:
+                bar.close()
+        if args.rm:
+            src.unlink()
+        if not args.quiet:
+            print(f"{src} -> {dst}", file=sys.stderr)
+
+    return _each(_inputs(args, want_thz=True), work)
+
+
+def _fmt_ratio(raw: int, stored: int) -> str:
+    return f"{raw / stored:.2f}x" if stored else "-"
+
+
+def run_inspect(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thrifty inspect",
+        description="Show what a thrifty container holds and how well each tensor and plane compressed.",
+    )
+    parser.add_argument("file")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    archive = thz.open_archive(args.file)
+    try:
+        stats = archive.stats()
+    finally:
+        archive.f.close()
+    h = archive.header
+    starts = {t.offset: t for t in archive.tensors}
+    rows, other = [], {"name": "(other bytes)", "dtype": "", "shape": [], "bytes": 0, "stored": 0,
+                       "planes": [], "segments": 0}
+    for i, seg in enumerate(archive.segments):
+        per_plane = [stats.planes.get((i, k), [0, 0]) for k in range(8) if (i, k) in stats.planes]
+        stored = sum(s for _, s in per_plane)
+        if not seg.dtype:
+            other["bytes"] += seg.length
+            other["stored"] += stored
+            other["segments"] += 1
+            continue
+        tensor = starts.get(seg.offset)
+        inside = sum(1 for t in archive.tensors if seg.offset <= t.offset < seg.offset + seg.length)
+        name = tensor.name if tensor else f"(bytes at {seg.offset})"
+        if inside > 1:
+            name += f" +{inside - 1} more"  # small tensors coded with the one before them
+        rows.append({
+            "name": name, "dtype": seg.dtype, "tensors": inside,
+            "shape": tensor.shape if tensor else [], "bytes": seg.length, "stored": stored,
+            "planes": [{"bytes": r, "stored": s} for r, s in per_plane],
+        })
+    if other["segments"] or not rows:
+        if not archive.segments:  # a stream: one run of plain chunks
+            other["bytes"], other["stored"] = stats.original, sum(s for _, s in stats.planes.values())
+        other["planes"] = [{"bytes": other["bytes"], "stored": other["stored"]}]
+        rows.append(other)
+    summary = {"file": args.file, "kind": h["kind"], "codec": h["codec"], "level": h["level"],
+               "chunk_size": h["chunk_size"], "chunks": len(archive.index["chunks"]),
+               "original_size": stats.original, "stored_size": stats.stored, "segments": rows}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{args.file}: {h['kind']}, {h['codec']} level {h['level']}, "
+          f"{len(archive.index['chunks'])} chunks of up to {h['chunk_size']:,} bytes")
+    print(f"{stats.original:,} -> {stats.stored:,} bytes ({_fmt_ratio(stats.original, stats.stored)})\n")
+    name_w = min(48, max([len(r["name"]) for r in rows] + [4]))
+    print(f"{'name':<{name_w}}  {'dtype':<5}  {'bytes':>13}  {'ratio':>7}  planes (most significant first)")
+    for r in rows:
+        planes = " ".join(_fmt_ratio(p["bytes"], p["stored"]) for p in r["planes"])
+        name = r["name"] if len(r["name"]) <= name_w else "…" + r["name"][-name_w + 1:]
+        print(f"{name:<{name_w}}  {r['dtype']:<5}  {r['bytes']:>13,}  "
+              f"{_fmt_ratio(r['bytes'], r['stored']):>7}  {planes}")
+    return 0
+
+
+def run_bench(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thrifty bench",
+        description="Compress one file with thrifty and with the usual codecs, side by side.",
+    )
+    parser.add_argument("file")
+    parser.add_argument("-T", "--threads", type=_threads, default=1, help="threads (default 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    from thrifty.compress import bench
+
+    data = Path(args.file).read_bytes()
+    results = bench.run_all(data, args.threads, args.repeat)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=1))
+    else:
+        print(f"{args.file}: {len(data):,} bytes, {args.threads} thread(s), best of {args.repeat}\n")
+        print(bench.table(results))
+    return 0

@@ -1,0 +1,170 @@
+"""thrifty compress: a checksummed, streaming, multi-threaded container for weights and data.
+
+Lossless for every input; floating-point and integer tensors are split into byte planes first
+(see :mod:`thrifty.compress.planes`) so that a general-purpose codec does far better on them.
+
+    from thrifty import compress
+    blob = compress.compress_bytes(data)                 # bytes -> bytes
+    compress.compress_file("model.safetensors", "model.safetensors.thz")
+    compress.save_tensors({"w": w}, "weights.thz")       # a dict of tensors, straight to disk
+    w = compress.read_tensor("weights.thz", "w")         # one tensor, nothing else decoded
+
+The byte format is specified in docs/format.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from thrifty.compress import container, layouts
+from thrifty.compress.container import Archive, Options, Stats
+from thrifty.errors import ThriftyError
+from thrifty.files import atomic_writer
+
+SUFFIX = ".thz"
+
+__all__ = [
+    "SUFFIX", "Archive", "Options", "Stats", "compress_bytes", "compress_file", "decompress_bytes",
+    "decompress_file", "load_tensors", "open_archive", "read_tensor", "save_tensors",
+]
+
+
+def _layout(f, size: int, dtype: str | None) -> dict:
+    """Keyword arguments for container.write: kind, coding segments and tensors."""
+    if dtype is None:
+        kind, found = layouts.detect(f, size)
+    else:
+        kind, found = "bytes", [layouts.Segment(0, size, "", layouts.normalize_dtype(dtype))]
+    return {"kind": kind, "segments": layouts.coding_segments(found) if size else [],
+            "tensors": [s for s in found if s.name]}
+
+
+def compress_bytes(data: bytes | bytearray | memoryview, *, dtype: str | None = None,
+                   **options) -> bytes:
+    """Compress ``data`` (never modified) into a thrifty container. ``dtype`` (``bf16``,
+    ``f32``, ``u16``, ...) declares raw values of one type; without it the layout is detected.
+    Options: ``codec``, ``level``, ``threads``, ``chunk_size``."""
+    opts = Options(**options)
+    view = memoryview(data).cast("B")
+    src = io.BytesIO(view)  # a copy the caller's buffer never sees written to
+    out = io.BytesIO()
+    container.write(src, out, opts, size=len(view), **_layout(src, len(view), dtype))
+    return out.getvalue()
+
+
+def decompress_bytes(blob: bytes | bytearray | memoryview, threads: int = 1) -> bytes:
+    out = _Collect()
+    # BytesIO shares a bytes object until written to; anything else it has to copy.
+    src = io.BytesIO(blob if isinstance(blob, bytes) else memoryview(blob).cast("B"))
+    container.read_all(src, "<bytes>", out, threads)
+    return b"".join(out.parts)  # one copy at the end, not one per growth of a buffer
+
+
+def compress_file(
+    src: str | Path, dst: str | Path, *, dtype: str | None = None, overwrite: bool = False,
+    verify: bool = False, progress: Callable[[int], None] | None = None, **options,
+) -> Stats:
+    """Compress the file ``src`` into ``dst`` (written atomically; ``src`` is only read).
+    With ``verify`` the new file is decoded and checked before it is put in place."""
+    opts = Options(**options)
+    src, dst = Path(src), Path(dst)
+    _check_output(dst, overwrite)
+    with open(src, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        layout = _layout(f, size, dtype)
+        with atomic_writer(dst, overwrite=overwrite) as out:
+            stats = container.write(f, out, opts, size=size, progress=progress, **layout)
+            if verify:
+                out.flush()
+                with open(out.name, "rb") as check:
+                    container.read_all(check, str(dst), _Discard(), opts.threads)
+    return stats
+
+
+def decompress_file(
+    src: str | Path, dst: str | Path, *, threads: int = 1, overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Decode ``src`` into ``dst``, written atomically and only once every check has passed."""
+    src, dst = Path(src), Path(dst)
+    _check_output(dst, overwrite)
+    with open(src, "rb") as f, atomic_writer(dst, overwrite=overwrite) as out:
+        return container.read_all(f, str(src), out, threads, progress)
+
+
+def open_archive(path: str | Path, threads: int = 1) -> Archive:
+    """An :class:`Archive` for random access; the caller closes ``archive.f``."""
+    f = open(path, "rb")  # noqa: SIM115 - owned by the archive
+    try:
+        return Archive(f, str(path), threads)
+    except BaseException:
+        f.close()
+        raise
+
+
+def save_tensors(tensors: dict, path: str | Path, *, overwrite: bool = True, **options) -> Stats:
+    """Save a dict of tensors (safetensors layout inside, so each tensor gets its dtype's
+    transform and can be read back alone)."""
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().contiguous() for k, v in tensors.items()})
+    opts = Options(**options)
+    src = io.BytesIO(blob)
+    layout = _layout(src, len(blob), None)
+    with atomic_writer(Path(path), overwrite=overwrite) as out:
+        return container.write(src, out, opts, size=len(blob), **layout)
+
+
+def load_tensors(path: str | Path, threads: int = 1) -> dict:
+    from safetensors.torch import load
+
+    with open(path, "rb") as f:
+        out = io.BytesIO()
+        header = container.read_all(f, str(path), out, threads)
+    if header.get("kind") != "safetensors":
+        raise ThriftyError(f"{path}: holds {header.get('kind')}, not tensors")
+    return load(out.getvalue())
+
+
+def read_tensor(path: str | Path, name: str, threads: int = 1):
+    """One tensor from a compressed safetensors file, decoding only the chunks that hold it."""
+    import torch
+    from safetensors.torch import _TYPES  # safetensors' own dtype-name table
+
+    archive = open_archive(path, threads)
+    try:
+        seg = next((t for t in archive.tensors if t.name == name), None)
+        if seg is None:
+            raise ThriftyError(f"{path}: no tensor named {name!r}")
+        data = archive.read(seg.offset, seg.length)
+    finally:
+        archive.f.close()
+    dtype = _TYPES[seg.dtype]
+    if not data:
+        return torch.empty(seg.shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(seg.shape)
+
+
+def _check_output(dst: Path, overwrite: bool) -> None:
+    if dst.exists() and not overwrite:
+        raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
+
+
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        return len(b)
+
+
+class _Collect:
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def write(self, b) -> int:
+        self.parts.append(b)
+        return len(b)

@@ -1,0 +1,495 @@
+"""The thrifty container: a header, independently coded chunks, an index, a trailer.
+
+The byte layout is specified in docs/format.md. In short::
+
+    header   MAGIC, version, JSON (codec, chunk size, kind, original size, segments), xxh3
+    chunk*   'C', transform, width, planes, raw length, xxh3 of the raw bytes and of the payload,
+             per plane (coding, stored length), crc32 of this frame header, then the planes
+    index    'I', JSON (chunk table, original size, xxh3 of the whole original), xxh3
+    trailer  offset of the index, END_MAGIC
+
+Every byte is covered by a checksum, so truncation or a flipped bit is found before a byte of
+wrong output is accepted. Chunks decode independently: in parallel, and one tensor or one byte
+range at a time through the index.
+
+Writing streams: input is read one chunk at a time and coded on a thread pool with a bounded
+number of chunks in flight, so memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import xxhash
+
+from thrifty.compress import codecs, planes
+from thrifty.compress.layouts import Segment
+from thrifty.errors import ThriftyError
+
+MAGIC = b"\x89THZ\r\n\x1a\n"  # PNG's trick: a text-mode transfer or a 7-bit channel breaks it
+END_MAGIC = b"THZ-END\x00"
+VERSION = 1
+DEFAULT_CHUNK = 1 << 20
+_HEAD = struct.Struct("<8sHI")  # magic, version, JSON length
+_CHUNK = struct.Struct("<BBBBIQQ")  # transform, width, planes, reserved, raw length, xxh3 raw/payload
+_PLANE = struct.Struct("<BI")  # coding, stored length
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_TRAILER = struct.Struct("<Q8s")
+# A float mantissa plane is entropy-coded only when its order-0 entropy promises this saving.
+MIN_PLANE_SAVING = 0.01
+
+
+@dataclass
+class Options:
+    codec: str = "zstd"
+    level: int | None = None
+    threads: int = 1
+    chunk_size: int = DEFAULT_CHUNK
+
+    def __post_init__(self):
+        if self.codec not in codecs.BY_NAME or self.codec == "stored":
+            raise ThriftyError(f"codec: must be one of zstd, lz4, zlib; got {self.codec!r}")
+        method = codecs.BY_NAME[self.codec]
+        if self.level is None:
+            self.level = codecs.DEFAULT_LEVEL[method]
+        if self.level not in codecs.LEVELS[method]:
+            r = codecs.LEVELS[method]
+            raise ThriftyError(f"level: {self.codec} takes {r.start}..{r.stop - 1}; got {self.level}")
+        if self.threads < 1:
+            raise ThriftyError(f"threads: must be at least 1; got {self.threads}")
+        if self.chunk_size < 4096 or self.chunk_size % 8 or self.chunk_size > (1 << 30):
+            raise ThriftyError("chunk size: must be a multiple of 8 between 4 KiB and 1 GiB")
+
+
+@dataclass
+class Chunk:
+    """One coded chunk as the reader finds it."""
+
+    index: int
+    offset: int  # of its frame in the container
+    raw_offset: int
+    raw_len: int
+    transform: int
+    width: int
+    raw_xxh: int
+    payload_xxh: int
+    planes: list[tuple[int, int]]  # (coding, stored length)
+    payload: bytes = b""
+
+
+@dataclass
+class Stats:
+    original: int = 0
+    stored: int = 0
+    # (segment number, plane number) -> [raw bytes, stored bytes]
+    planes: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+
+
+class _Inline:
+    """An executor that runs each task at once in the calling thread: threads=1 means one."""
+
+    def submit(self, fn, *args):
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            f.set_exception(e)
+        return f
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def executor(threads: int):
+    return _Inline() if threads == 1 else ThreadPoolExecutor(threads, thread_name_prefix="thz")
+
+
+# ---------------------------------------------------------------- coding one chunk
+
+
+def encode_chunk(data: memoryview, transform: int, width: int, method: int, level: int) -> bytes:
+    """The frame for one chunk: its header followed by its coded planes."""
+    if not planes.usable(transform, width, len(data)):
+        transform, width = planes.NONE, 1
+    parts = planes.split(data, transform, width)
+    table, payload = [], []
+    for k, plane in enumerate(parts):
+        use, lvl = method, level
+        if transform != planes.NONE and method != codecs.ZLIB:
+            # Planes go to zstd whatever the chosen codec: lz4 has no entropy stage, and planes
+            # are all about entropy. High levels search for matches too; the rest skip that.
+            params = codecs.EXPONENT if k == 0 else codecs.MANTISSA
+            use, lvl = codecs.ZSTD, (level if method == codecs.ZSTD and level >= 10 else params)
+        coded = None
+        if not (transform == planes.FLOAT and k > 0
+                and planes.entropy_bits(plane) > 8 * (1 - MIN_PLANE_SAVING)):
+            coded = codecs.encode(plane, use, lvl)  # (a near-random mantissa plane is just stored)
+        if coded is not None and len(coded) < len(plane):
+            table.append((use, len(coded)))
+            payload.append(coded)
+        else:
+            table.append((codecs.STORED, len(plane)))
+            payload.append(plane)
+    h = xxhash.xxh3_64()
+    for p in payload:
+        h.update(p)
+    head = _CHUNK.pack(transform, width, len(parts), 0, len(data), xxhash.xxh3_64_intdigest(data),
+                       h.intdigest())
+    head += b"".join(_PLANE.pack(*t) for t in table)
+    head = b"C" + head
+    return b"".join([head, _U32.pack(zlib.crc32(head)), *[bytes(p) if isinstance(p, memoryview)
+                                                          else p for p in payload]])
+
+
+def decode_chunk(chunk: Chunk) -> bytes:
+    """The raw bytes of ``chunk``; raises ThriftyError when anything does not check out."""
+    if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
+        raise ThriftyError("checksum mismatch in its coded data")
+    parts, pos = [], 0
+    n = chunk.raw_len // chunk.width if chunk.transform != planes.NONE else chunk.raw_len
+    for method, stored in chunk.planes:
+        parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n))
+        pos += stored
+    raw = planes.merge(parts, chunk.transform, chunk.width)
+    if xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
+        raise ThriftyError("checksum mismatch after decoding")
+    return raw
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    buf = f.read(n)
+    while buf is not None and len(buf) < n:
+        more = f.read(n - len(buf))
+        if not more:
+            break
+        buf += more
+    return buf or b""
+
+
+def write(
+    src: BinaryIO, dst: BinaryIO, opts: Options, kind: str = "bytes",
+    segments: list[Segment] | None = None, size: int | None = None,
+    progress: Callable[[int], None] | None = None, tensors: list[Segment] | None = None,
+) -> Stats:
+    """Compress the stream ``src`` into ``dst``. ``segments`` (covering ``size`` bytes end to
+    end) steer the transform; without them the input is one plain segment read to its end.
+    ``tensors`` (name, dtype, shape, byte range) are recorded for reading one back alone."""
+    method = codecs.BY_NAME[opts.codec]
+    header = {
+        "codec": opts.codec, "level": opts.level, "chunk_size": opts.chunk_size, "kind": kind,
+        "original_size": size, "segments": [s.to_json() for s in segments or []],
+        "tensors": [t.to_json() for t in tensors or []],
+    }
+    hjson = json.dumps(header, separators=(",", ":")).encode()
+    dst.write(_HEAD.pack(MAGIC, VERSION, len(hjson)) + hjson + _U64.pack(xxhash.xxh3_64_intdigest(hjson)))
+    written = _HEAD.size + len(hjson) + 8
+
+    whole = xxhash.xxh3_64()
+    stats = Stats()
+    table: list[list[int]] = []
+    seg_first: list[int] = []
+    pending: collections.deque = collections.deque()
+    pool = executor(opts.threads)
+    raw_pos = 0
+
+    def drain(limit: int) -> None:
+        nonlocal written
+        while len(pending) > limit:
+            fut, raw_offset, raw_len, seg = pending.popleft()
+            frame = fut.result()
+            table.append([written, raw_offset, raw_len])
+            _account(stats, seg, frame)
+            dst.write(frame)
+            written += len(frame)
+            stats.stored = written
+
+    def pieces() -> Iterator[tuple[int, bytes, int, int]]:
+        if segments is None:
+            seg_first.append(0)
+            while True:
+                data = _read_exact(src, opts.chunk_size)
+                if not data:
+                    return
+                yield 0, data, planes.NONE, 1
+        for i, seg in enumerate(segments):
+            seg_first.append(len(table) + len(pending))
+            transform, width = seg.transform
+            left = seg.length
+            while left > 0:
+                data = _read_exact(src, min(left, opts.chunk_size))
+                if len(data) < min(left, opts.chunk_size):
+                    raise ThriftyError(f"input ended {left - len(data)} bytes early (did it change "
+                                       "while being read?)")
+                left -= len(data)
+                yield i, data, transform, width
+
+    current, chosen = -1, (planes.NONE, 1)
+    try:
+        for seg, data, transform, width in pieces():
+            whole.update(data)
+            view = memoryview(data)
+            if seg != current:  # the first chunk of a segment
+                current = seg
+                chosen = (transform, width)
+                fut: Future = Future()
+                if transform == planes.BYTES:
+                    # Integers: byte planes win on ids that look random and lose on id streams
+                    # that repeat themselves (token shards), where plain zstd finds the repeats.
+                    # The first chunk decides for the segment.
+                    a = encode_chunk(view, transform, width, method, opts.level)
+                    b = encode_chunk(view, planes.NONE, 1, method, opts.level)
+                    chosen = (transform, width) if len(a) < len(b) else (planes.NONE, 1)
+                    fut.set_result(a if len(a) < len(b) else b)
+                else:
+                    fut = pool.submit(encode_chunk, view, transform, width, method, opts.level)
+            else:
+                fut = pool.submit(encode_chunk, view, *chosen, method, opts.level)
+            pending.append((fut, raw_pos, len(data), seg))
+            raw_pos += len(data)
+            if progress:
+                progress(len(data))
+            drain(2 * opts.threads)
+        drain(0)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if segments is not None and src.read(1):
+        raise ThriftyError("input grew while being read")
+    stats.original = raw_pos
+    index = {"original_size": raw_pos, "xxh3_64": whole.hexdigest(), "chunks": table,
+             "segment_first_chunk": seg_first}
+    ijson = json.dumps(index, separators=(",", ":")).encode()
+    tail = b"I" + _U32.pack(len(ijson)) + ijson + _U64.pack(xxhash.xxh3_64_intdigest(ijson))
+    tail += _TRAILER.pack(written, END_MAGIC)
+    dst.write(tail)
+    stats.stored = written + len(tail)
+    return stats
+
+
+def _account(stats: Stats, seg: int, frame: bytes) -> None:
+    t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(frame, 1)
+    per_plane = raw_len // w if t != planes.NONE else raw_len
+    for k in range(n):
+        _, stored = _PLANE.unpack_from(frame, 1 + _CHUNK.size + k * _PLANE.size)
+        acc = stats.planes.setdefault((seg, k), [0, 0])
+        acc[0] += per_plane
+        acc[1] += stored
+
+
+# ---------------------------------------------------------------- reading
+
+
+class Reader:
+    """Reads a container sequentially from any binary stream, checking everything on the way."""
+
+    def __init__(self, f: BinaryIO, name: str):
+        self.f, self.name, self.pos = f, name, 0
+        start = _read_exact(f, len(MAGIC))
+        if start != MAGIC[: len(start)] or not start:
+            raise ThriftyError(f"{name}: not a thrifty compressed file (wrong magic number)")
+        self.pos = len(start)
+        if len(start) < len(MAGIC):
+            raise ThriftyError(f"{name}: truncated in the header at byte {len(start)}")
+        head = start + self._take(_HEAD.size - len(MAGIC), "header")
+        magic, version, n = _HEAD.unpack(head)
+        if version != VERSION:
+            raise ThriftyError(f"{name}: format version {version} is not supported (this thrifty "
+                               f"reads version {VERSION})")
+        if n > 1 << 30:
+            raise ThriftyError(f"{name}: corrupt header (length {n})")
+        hjson = self._take(n, "header")
+        (digest,) = _U64.unpack(self._take(8, "header"))
+        if xxhash.xxh3_64_intdigest(hjson) != digest:
+            raise ThriftyError(f"{name}: corrupt header (checksum mismatch)")
+        self.header = json.loads(hjson)
+        self.index: dict | None = None
+
+    def _take(self, n: int, what: str) -> bytes:
+        data = _read_exact(self.f, n)
+        if len(data) != n:
+            raise ThriftyError(f"{self.name}: truncated in the {what} at byte {self.pos + len(data)}")
+        self.pos += n
+        return data
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Every chunk in order, payload read; then the index is checked and kept."""
+        i, raw_pos = 0, 0
+        while True:
+            start = self.pos
+            tag = self._take(1, f"frame after chunk {i - 1}" if i else "first frame")
+            if tag == b"C":
+                chunk = self._chunk_frame(i, start, raw_pos)
+                raw_pos += chunk.raw_len
+                yield chunk
+                i += 1
+            elif tag == b"I":
+                self._index_frame(start, i, raw_pos)
+                return
+            else:
+                raise ThriftyError(f"{self.name}: corrupt at byte {start} (expected chunk {i} or the "
+                                   "index)")
+
+    def _chunk_frame(self, i: int, start: int, raw_pos: int) -> Chunk:
+        where = f"{self.name}: chunk {i} at byte {start}"
+        fixed = self._take(_CHUNK.size, f"chunk {i}")
+        transform, width, n, reserved, raw_len, raw_xxh, payload_xxh = _CHUNK.unpack(fixed)
+        if n > 8 or reserved:
+            raise ThriftyError(f"{where}: corrupt frame header")
+        table_bytes = self._take(n * _PLANE.size, f"chunk {i}")
+        (crc,) = _U32.unpack(self._take(4, f"chunk {i}"))
+        if zlib.crc32(b"C" + fixed + table_bytes) != crc:
+            raise ThriftyError(f"{where}: corrupt frame header (checksum mismatch)")
+        table = [_PLANE.unpack_from(table_bytes, k * _PLANE.size) for k in range(n)]
+        payload = self._take(sum(s for _, s in table), f"chunk {i}")
+        return Chunk(i, start, raw_pos, raw_len, transform, width, raw_xxh, payload_xxh, table, payload)
+
+    def _index_frame(self, start: int, nchunks: int, raw_total: int) -> None:
+        (n,) = _U32.unpack(self._take(4, "index"))
+        ijson = self._take(n, "index")
+        (digest,) = _U64.unpack(self._take(8, "index"))
+        if xxhash.xxh3_64_intdigest(ijson) != digest:
+            raise ThriftyError(f"{self.name}: corrupt index (checksum mismatch)")
+        index = json.loads(ijson)
+        offset, magic = _TRAILER.unpack(self._take(_TRAILER.size, "trailer"))
+        if magic != END_MAGIC or offset != start:
+            raise ThriftyError(f"{self.name}: corrupt trailer")
+        if _read_exact(self.f, 1):
+            raise ThriftyError(f"{self.name}: unexpected data after the end of the container")
+        if len(index["chunks"]) != nchunks or index["original_size"] != raw_total:
+            raise ThriftyError(f"{self.name}: the index does not match the chunks")
+        self.index = index
+
+
+def read_all(
+    f: BinaryIO, name: str, out: BinaryIO, threads: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Decode the container in ``f`` to ``out``; returns its header. Raises ThriftyError, naming
+    the chunk, on the first thing that does not check out."""
+    reader = Reader(f, name)
+    whole = xxhash.xxh3_64()
+    pool = executor(threads)
+    pending: collections.deque = collections.deque()
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            chunk, fut = pending.popleft()
+            raw = _result(name, chunk, fut)
+            whole.update(raw)
+            out.write(raw)
+            if progress:
+                progress(len(raw))
+
+    try:
+        for chunk in reader.chunks():
+            pending.append((chunk, pool.submit(decode_chunk, chunk)))
+            drain(2 * threads)
+        drain(0)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if whole.hexdigest() != reader.index["xxh3_64"]:
+        raise ThriftyError(f"{name}: checksum of the whole file does not match")
+    size = reader.header.get("original_size")
+    if size is not None and size != reader.index["original_size"]:
+        raise ThriftyError(f"{name}: header and index disagree on the original size")
+    return reader.header
+
+
+def _result(name: str, chunk: Chunk, fut: Future) -> bytes:
+    try:
+        return fut.result()
+    except ThriftyError as e:
+        raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: {e}") from None
+
+
+# ---------------------------------------------------------------- random access
+
+
+class Archive:
+    """Random access to a container on a seekable file: the index, one range, one tensor."""
+
+    def __init__(self, f: BinaryIO, name: str, threads: int = 1):
+        self.f, self.name, self.threads = f, name, threads
+        f.seek(0)
+        self.header = Reader(f, name).header
+        end = f.seek(0, 2)
+        if end < _TRAILER.size:
+            raise ThriftyError(f"{name}: truncated (no trailer)")
+        f.seek(end - _TRAILER.size)
+        offset, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+        if magic != END_MAGIC or offset >= end:
+            raise ThriftyError(f"{name}: truncated or corrupt (no valid trailer)")
+        f.seek(offset)
+        reader = Reader.__new__(Reader)
+        reader.f, reader.name, reader.pos = f, name, offset
+        if reader._take(1, "index") != b"I":
+            raise ThriftyError(f"{name}: corrupt trailer (it does not point at the index)")
+        (n,) = _U32.unpack(reader._take(4, "index"))
+        ijson = reader._take(n, "index")
+        (digest,) = _U64.unpack(reader._take(8, "index"))
+        if xxhash.xxh3_64_intdigest(ijson) != digest:
+            raise ThriftyError(f"{name}: corrupt index (checksum mismatch)")
+        self.index = json.loads(ijson)
+        self.chunk_ends = [c[0] for c in self.index["chunks"][1:]] + [offset]
+        self.segments = [Segment(**s) for s in self.header["segments"]]
+        self.tensors = [Segment(**t) for t in self.header.get("tensors", [])]
+
+    @property
+    def size(self) -> int:
+        return self.index["original_size"]
+
+    def _load(self, i: int) -> Chunk:
+        offset, raw_offset, _ = self.index["chunks"][i]
+        self.f.seek(offset)
+        reader = Reader.__new__(Reader)
+        reader.f, reader.name, reader.pos = self.f, self.name, offset
+        if reader._take(1, f"chunk {i}") != b"C":
+            raise ThriftyError(f"{self.name}: chunk {i} at byte {offset}: corrupt (no frame here)")
+        chunk = reader._chunk_frame(i, offset, raw_offset)
+        if reader.pos != self.chunk_ends[i]:
+            raise ThriftyError(f"{self.name}: chunk {i} at byte {offset}: corrupt frame length")
+        return chunk
+
+    def read(self, start: int, length: int) -> bytes:
+        """``length`` bytes of the original from ``start``, decoding only the chunks they span."""
+        if start < 0 or length < 0 or start + length > self.size:
+            raise ThriftyError(f"{self.name}: range {start}+{length} is outside 0..{self.size}")
+        table = self.index["chunks"]
+        wanted = [i for i, (_, ro, rl) in enumerate(table) if ro < start + length and ro + rl > start]
+        pool = executor(self.threads)
+        try:
+            chunks = [self._load(i) for i in wanted]
+            futures = [pool.submit(decode_chunk, c) for c in chunks]
+            parts = []
+            for c, fut in zip(chunks, futures, strict=True):
+                try:
+                    raw = fut.result()
+                except ThriftyError as e:
+                    raise ThriftyError(f"{self.name}: chunk {c.index} at byte {c.offset}: {e}") from None
+                lo, hi = max(start - c.raw_offset, 0), min(start + length - c.raw_offset, c.raw_len)
+                parts.append(raw[lo:hi])
+        finally:
+            pool.shutdown(wait=True)
+        return b"".join(parts)
+
+    def stats(self) -> Stats:
+        """Raw and stored bytes per segment and plane, from the chunk frame headers alone."""
+        stats = Stats(original=self.size, stored=self.f.seek(0, 2))
+        firsts = self.index.get("segment_first_chunk", [0])
+        seg = 0
+        for i, (offset, _, _) in enumerate(self.index["chunks"]):
+            while seg + 1 < len(firsts) and i >= firsts[seg + 1]:
+                seg += 1
+            self.f.seek(offset)
+            head = self.f.read(1 + _CHUNK.size + 8 * _PLANE.size)
+            _account(stats, seg, head)
+        return stats

@@ -1,0 +1,253 @@
+"""What is inside a file: the byte ranges that hold tensors of a known dtype, and the rest.
+
+A layout is a list of segments covering the file end to end. Each segment says how its chunks
+are transformed before coding: float planes for floating-point tensors, byte planes for
+integers, nothing for everything else. Understood formats:
+
+* safetensors: an 8-byte header length, a JSON header, then tensors at known offsets;
+* ``.npy``: a NumPy header, then one array;
+* PyTorch ``torch.save`` archives (``.pt``, ``.pth``, ``.bin``, ``.ckpt``): a zip file whose
+  ``data/<key>`` members are the raw storages; their dtypes are read from ``data.pkl`` without
+  running it (a pickle is a program; only its persistent ids are looked at);
+* anything else: one segment, coded as plain bytes.
+
+A file that claims a format but does not parse as one is compressed as plain bytes: the
+layout only steers the coding, the bytes round-trip regardless.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass, field
+
+from thrifty.compress.planes import BYTES, FLOAT, NONE
+from thrifty.errors import ThriftyError
+
+# dtype name -> (transform, width). Names follow safetensors; NumPy and torch names map onto them.
+DTYPES = {
+    "F64": (FLOAT, 8), "F32": (FLOAT, 4), "F16": (FLOAT, 2), "BF16": (FLOAT, 2),
+    "I64": (BYTES, 8), "U64": (BYTES, 8), "I32": (BYTES, 4), "U32": (BYTES, 4),
+    "I16": (BYTES, 2), "U16": (BYTES, 2),
+}
+_NUMPY = {"f8": "F64", "f4": "F32", "f2": "F16", "i8": "I64", "u8": "U64", "i4": "I32",
+          "u4": "U32", "i2": "I16", "u2": "U16", "i1": "I8", "u1": "U8", "b1": "BOOL"}
+_TORCH_STORAGE = {
+    "DoubleStorage": "F64", "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16",
+    "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
+    "ByteStorage": "U8", "BoolStorage": "BOOL", "UInt16Storage": "U16", "UInt32Storage": "U32",
+    "UInt64Storage": "U64",
+}
+
+
+@dataclass
+class Segment:
+    offset: int
+    length: int
+    name: str = ""
+    dtype: str = ""
+    shape: list[int] = field(default_factory=list)
+
+    @property
+    def transform(self) -> tuple[int, int]:
+        return DTYPES.get(self.dtype, (NONE, 1))
+
+    def to_json(self) -> dict:
+        d = {"offset": self.offset, "length": self.length}
+        if self.name:
+            d.update(name=self.name, dtype=self.dtype, shape=self.shape)
+        elif self.dtype:
+            d["dtype"] = self.dtype
+        return d
+
+
+def _fill(segments: list[Segment], size: int) -> list[Segment]:
+    """Sort ``segments``, drop overlaps, and cover the gaps with plain segments."""
+    out, pos = [], 0
+    for s in sorted(segments, key=lambda s: s.offset):
+        if s.offset < pos or s.offset + s.length > size or s.length == 0:
+            continue
+        if s.offset > pos:
+            out.append(Segment(pos, s.offset - pos))
+        out.append(s)
+        pos = s.offset + s.length
+    if pos < size:
+        out.append(Segment(pos, size - pos))
+    return out
+
+
+def safetensors_layout(head: bytes, size: int) -> tuple[str, list[Segment]] | None:
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    if n < 2 or 8 + n > min(size, len(head)):
+        return None
+    try:
+        header = json.loads(head[8:8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    base, segments = 8 + n, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+            segments.append(Segment(base + begin, end - begin, name, str(info["dtype"]),
+                                    list(info["shape"])))
+        except (TypeError, KeyError, ValueError):
+            return None
+    return "safetensors", _fill(segments, size)
+
+
+def npy_layout(head: bytes, size: int) -> tuple[str, list[Segment]] | None:
+    import numpy as np
+
+    if not head.startswith(b"\x93NUMPY"):
+        return None
+    try:
+        f = io.BytesIO(head)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except (ValueError, OSError, SyntaxError, TypeError):
+        return None
+    start = f.tell()
+    name = _NUMPY.get(dtype.str[1:]) if dtype.byteorder in "<|=" else None
+    if not name or dtype.hasobject:
+        return "npy", _fill([], size)
+    length = int(np.prod(shape)) * dtype.itemsize
+    return "npy", _fill([Segment(start, length, "array", name, list(shape))], size)
+
+
+class _Opaque(dict):
+    """Stands in for every global a pickle names: nothing it refers to is imported or run. It
+    accepts whatever the pickle does to it (call, item set, append, state), and ignores it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Opaque()
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+
+def _storage_dtypes(pkl: bytes) -> dict[str, str]:
+    """Map storage key -> dtype name from a torch.save ``data.pkl``, without executing it."""
+    found: dict[str, str] = {}
+
+    class Scanner(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "torch" and name in _TORCH_STORAGE:
+                return _TORCH_STORAGE[name]
+            return _Opaque
+
+        def persistent_load(self, pid):
+            if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
+                if isinstance(pid[1], str):
+                    found[str(pid[2])] = pid[1]
+            return _Opaque()
+
+    try:
+        Scanner(io.BytesIO(pkl)).load()
+    except Exception:  # noqa: BLE001 - an odd pickle only costs us the dtype hints
+        pass
+    return found
+
+
+def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
+    try:
+        zf = zipfile.ZipFile(f)
+        infos = zf.infolist()
+        pkl_info = next((i for i in infos if i.filename.endswith("/data.pkl")
+                         or i.filename == "data.pkl"), None)
+        if pkl_info is None:
+            return None
+        prefix = pkl_info.filename[: -len("data.pkl")]
+        dtypes = _storage_dtypes(zf.read(pkl_info))
+        segments = []
+        for info in infos:
+            if not info.filename.startswith(prefix + "data/") or info.compress_type != 0:
+                continue
+            key = info.filename[len(prefix + "data/"):]
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if local[:4] != b"PK\x03\x04":
+                continue
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            if key in dtypes:
+                segments.append(Segment(start, info.file_size, info.filename, dtypes[key]))
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, struct.error):
+        return None
+    return "torch", _fill(segments, size)
+
+
+def detect(f, size: int) -> tuple[str, list[Segment]]:
+    """Layout of the seekable binary file ``f`` of ``size`` bytes; ``f`` is left at offset 0."""
+    head = f.read(min(size, 1 << 24))
+    f.seek(0)
+    result = None
+    if head.startswith(b"PK\x03\x04"):
+        result = torch_zip_layout(f, size)
+    elif head.startswith(b"\x93NUMPY"):
+        result = npy_layout(head, size)
+    else:
+        result = safetensors_layout(head, size)
+    f.seek(0)
+    return result or ("bytes", _fill([], size))
+
+
+_ALIASES = {
+    "float64": "F64", "fp64": "F64", "double": "F64", "float32": "F32", "fp32": "F32",
+    "float": "F32", "float16": "F16", "fp16": "F16", "half": "F16", "bfloat16": "BF16",
+    "int64": "I64", "uint64": "U64", "int32": "I32", "uint32": "U32", "int16": "I16",
+    "uint16": "U16", "int8": "I8", "uint8": "U8",
+}
+
+
+def normalize_dtype(name: str) -> str:
+    """``bf16``, ``bfloat16``, ``BF16``, ``u16``, ``uint16``, ... -> the safetensors name."""
+    key = name.strip().lower()
+    if key in _ALIASES:
+        return _ALIASES[key]
+    if key.upper() in DTYPES or key.upper() in ("I8", "U8"):
+        return key.upper()
+    raise ThriftyError(f"dtype: unknown {name!r} (try f32, bf16, f16, f64, u16, i32, u32, i64)")
+
+
+def coding_segments(segments: list[Segment], own: int = 65536, least: int = 4096) -> list[Segment]:
+    """The segments chunks are cut along: each tensor of ``own`` bytes or more starts one, and
+    the smaller tensors of the same dtype that follow it join it (a bias after its weight), so
+    that every byte of a tensor gets its dtype's transform. A run of small tensors with no big
+    one before it is kept if it reaches ``least`` bytes; everything else is coded as plain bytes."""
+    out: list[Segment] = []
+    for s in segments:
+        dtype = s.dtype if s.transform[0] != NONE else ""
+        joins = out and out[-1].dtype == dtype and out[-1].offset + out[-1].length == s.offset
+        if joins and (not dtype or s.length < own):
+            out[-1].length += s.length
+        else:
+            out.append(Segment(s.offset, s.length, dtype=dtype))
+    merged: list[Segment] = []
+    for seg in out:
+        if seg.dtype and seg.length < least:
+            seg.dtype = ""
+        if merged and not merged[-1].dtype and not seg.dtype:
+            merged[-1].length += seg.length
+        else:
+            merged.append(seg)
+    return merged

@@ -1,0 +1,47 @@
+"""Files that hold either their old content or all of the new: temporary name, fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path | str, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path``; on a clean exit it is flushed, fsynced and renamed
+    to ``path``. On an exception it is removed and ``path`` is untouched. With ``overwrite``
+    false an existing ``path`` is never replaced, even one that appears while writing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists: no window in which it could be clobbered
+            os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent if str(path.parent) else Path("."))
+
+
+def write_atomic(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either the old content or all of it."""
+    with atomic_writer(path) as f:
+        f.write(data)

@@ -1,0 +1,147 @@
+"""thrifty compress / decompress / inspect / bench as a user meets them, on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import SMALL_CORPUS, assert_one_line_error, thrifty
+
+
+@pytest.fixture
+def weights(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({"a.weight": (torch.randn(256, 128, generator=g) * 0.05).to(torch.bfloat16),
+               "a.bias": torch.zeros(128), "b.weight": torch.randn(64, 64, generator=g)}, path)
+    return path
+
+
+def test_compress_then_decompress_restores_the_file_and_keeps_the_source(weights, tmp_path):
+    original = weights.read_bytes()
+    proc = thrifty("compress", str(weights), "--verify")
+    packed = tmp_path / "model.safetensors.thz"
+    assert packed.exists() and weights.read_bytes() == original  # source kept, untouched
+    assert "verified" in proc.stderr
+    weights.unlink()
+    thrifty("decompress", str(packed))
+    assert weights.read_bytes() == original and packed.exists()
+
+
+def test_existing_output_is_not_overwritten_without_force(weights, tmp_path):
+    thrifty("compress", str(weights))
+    packed = tmp_path / "model.safetensors.thz"
+    before = packed.read_bytes()
+    assert_one_line_error(thrifty("compress", str(weights), check=False), "already exists")
+    assert packed.read_bytes() == before
+    thrifty("compress", str(weights), "-f", "-l", "19")
+    assert_one_line_error(thrifty("decompress", str(packed), check=False), "already exists")
+    thrifty("decompress", str(packed), "-f", "--rm")
+    assert not packed.exists() and weights.exists()
+
+
+def test_directories_need_r_and_every_file_round_trips(tmp_path):
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    files = {src / "a.py": (SMALL_CORPUS / "decoder.py").read_bytes(),
+             src / "sub" / "b.bin": os.urandom(5000), src / "sub" / "empty": b""}
+    for p, data in files.items():
+        p.write_bytes(data)
+    assert_one_line_error(thrifty("compress", str(src), check=False), "is a directory", "-r")
+    thrifty("compress", "-r", "--rm", str(src))
+    assert sorted(p.name for p in src.rglob("*") if p.is_file()) == ["a.py.thz", "b.bin.thz", "empty.thz"]
+    thrifty("decompress", "-r", "--rm", str(src))
+    assert {p: p.read_bytes() for p in files} == files
+
+
+def test_pipes(tmp_path):
+    data = (SMALL_CORPUS / "encoder.py").read_bytes() * 20
+    packed = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-", "-c"],
+                            input=data, capture_output=True, check=True).stdout
+    back = subprocess.run([sys.executable, "-m", "thrifty", "decompress", "-", "-c"],
+                          input=packed, capture_output=True, check=True).stdout
+    assert back == data and len(packed) < len(data) / 4
+
+
+def test_corrupt_input_is_named_in_one_line_and_leaves_nothing(weights, tmp_path):
+    thrifty("compress", str(weights), "--chunk-size=16384")
+    packed = tmp_path / "model.safetensors.thz"
+    blob = bytearray(packed.read_bytes())
+    weights.unlink()
+    blob[len(blob) // 2] ^= 0x08
+    packed.write_bytes(blob)
+    assert_one_line_error(thrifty("decompress", str(packed), check=False), str(packed), "chunk")
+    assert not weights.exists() and not list(tmp_path.glob(".*tmp*"))
+    packed.write_bytes(blob[: len(blob) // 3])
+    assert_one_line_error(thrifty("decompress", str(packed), check=False), "truncated")
+    not_ours = tmp_path / "x.thz"
+    not_ours.write_bytes(b"hello world")
+    assert_one_line_error(thrifty("decompress", str(not_ours), check=False), "not a thrifty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors.thz", "x.thz"]
+
+
+def test_bad_arguments(tmp_path, weights):
+    assert_one_line_error(thrifty("compress", str(tmp_path / "nope"), check=False), "nope")
+    assert_one_line_error(thrifty("compress", str(weights), "-l", "99", check=False), "level")
+    assert_one_line_error(thrifty("compress", str(weights), "--dtype", "q7", check=False), "dtype")
+    assert_one_line_error(thrifty("decompress", str(weights), check=False), "suffix")
+
+
+def test_torch_checkpoints_get_the_float_transform(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.Linear(256, 64)).to(torch.bfloat16)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 128, dtype=torch.bfloat16)).float().sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": 3}, path)
+    assert zipfile.is_zipfile(path)
+    thrifty("compress", str(path))
+    info = json.loads(thrifty("inspect", str(tmp_path / "ckpt.pt.thz"), "--json").stdout)
+    assert info["kind"] == "torch"
+    assert {s["dtype"] for s in info["segments"]} == {"BF16", ""}  # big bf16 storages get planes
+    from thrifty import compress
+
+    archive = compress.open_archive(tmp_path / "ckpt.pt.thz")
+    archive.f.close()
+    # every storage's dtype is known, the fp32 step counters of AdamW included
+    assert {t.dtype for t in archive.tensors} == {"BF16", "F32"}
+    assert len(archive.tensors) == 4 + 4 * 3  # weights; AdamW's step, exp_avg, exp_avg_sq each
+    path.rename(tmp_path / "orig.pt")
+    thrifty("decompress", str(tmp_path / "ckpt.pt.thz"))
+    assert path.read_bytes() == (tmp_path / "orig.pt").read_bytes()
+    assert torch.load(path)["step"] == 3
+
+
+def test_token_shards_as_npy_and_raw(tmp_path):
+    tokens = np.random.default_rng(0).zipf(1.3, 200_000).clip(0, 50_000).astype(np.uint16)
+    np.save(tmp_path / "shard.npy", tokens)
+    tokens.tofile(tmp_path / "shard.bin")
+    thrifty("compress", str(tmp_path / "shard.npy"), str(tmp_path / "shard.bin"))
+    thrifty("compress", str(tmp_path / "shard.bin"), "--dtype=u16", "-o", str(tmp_path / "typed.thz"))
+    info = json.loads(thrifty("inspect", str(tmp_path / "shard.npy.thz"), "--json").stdout)
+    assert info["kind"] == "npy" and any(s["dtype"] == "U16" for s in info["segments"])
+    thrifty("decompress", str(tmp_path / "typed.thz"), "-o", str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == tokens.tobytes()
+
+
+def test_inspect_shows_ratio_per_tensor_and_plane(weights, tmp_path):
+    thrifty("compress", str(weights))
+    out = thrifty("inspect", str(tmp_path / "model.safetensors.thz")).stdout
+    assert "safetensors" in out and "a.weight" in out and "BF16" in out
+    row = next(line for line in out.splitlines() if line.startswith("a.weight"))
+    assert len(row.split()) == 6  # name, dtype, bytes, ratio, and two planes for bf16
+
+
+def test_bench_compares_codecs(weights):
+    out = thrifty("bench", str(weights), "--repeat", "1").stdout
+    for name in ("thrifty", "zstd -3", "zstd -19", "lz4", "zlib -6", "ZipNN"):
+        assert name in out

@@ -1,0 +1,168 @@
+"""The container round-trips every input, and every corruption of it is caught."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from thrifty import compress
+from thrifty.compress import container, planes
+from thrifty.errors import ThriftyError
+
+SMALL = dict(chunk_size=4096)  # many chunks from little data
+
+
+def _float_bytes(n: int, dtype: torch.dtype, seed: int = 0) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.randn(n, generator=g) * 0.02).to(dtype)
+    return t.view(torch.uint8).numpy().tobytes() if dtype != torch.float32 else t.numpy().tobytes()
+
+
+@pytest.mark.parametrize("transform", [planes.FLOAT, planes.BYTES])
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_planes_split_and_merge_are_inverse(transform, width):
+    data = np.random.default_rng(width).integers(0, 256, 64 * width, dtype=np.uint8).tobytes()
+    parts = planes.split(data, transform, width)
+    assert len(parts) == width and all(len(p) == 64 for p in parts)
+    assert planes.merge([bytes(p) for p in parts], transform, width) == data
+
+
+def test_float_planes_put_the_bfloat16_exponent_in_plane_0():
+    values = torch.tensor([1.0, -1.0, 2.0, -0.5], dtype=torch.bfloat16)
+    exponent, rest = planes.split(values.view(torch.uint8).numpy().tobytes(), planes.FLOAT, 2)
+    assert list(exponent) == [127, 127, 128, 126]  # the biased exponent, sign moved out
+    assert [b & 1 for b in rest] == [0, 1, 0, 1]  # the sign, now the lowest bit
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+def test_float_weights_compress_better_than_zstd(dtype):
+    import zstandard
+
+    tdtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[dtype]
+    data = _float_bytes(200_000, tdtype)
+    ours = compress.compress_bytes(data, dtype=dtype)
+    assert compress.decompress_bytes(ours) == data
+    assert len(ours) < len(zstandard.ZstdCompressor(level=3).compress(data))
+
+
+def test_caller_buffers_are_never_modified():
+    data = bytearray(_float_bytes(50_000, torch.bfloat16))
+    before = bytes(data)
+    blob = compress.compress_bytes(data, dtype="bf16", threads=2, **SMALL)
+    assert data == before
+    blob_copy = bytearray(blob)
+    compress.decompress_bytes(blob_copy, threads=2)
+    assert bytes(blob_copy) == blob
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_do_not_change_the_output(threads):
+    data = _float_bytes(40_000, torch.float32)
+    assert compress.compress_bytes(data, dtype="f32", threads=threads, **SMALL) == \
+        compress.compress_bytes(data, dtype="f32", threads=1, **SMALL)
+
+
+@pytest.mark.parametrize("codec,level", [("zstd", 1), ("zstd", 19), ("lz4", 0), ("lz4", 9), ("zlib", 6)])
+def test_every_codec_round_trips(codec, level):
+    data = b"".join(f"line {i} of some text\n".encode() for i in range(3000))
+    blob = compress.compress_bytes(data, codec=codec, level=level, **SMALL)
+    assert compress.decompress_bytes(blob) == data
+    assert len(blob) < len(data) / 3
+
+
+def test_incompressible_chunks_are_stored_raw():
+    data = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    blob = compress.compress_bytes(data, **SMALL)
+    chunks = -(-len(data) // SMALL["chunk_size"])
+    assert len(blob) < len(data) + 80 * chunks + 400  # frame headers and index only: no expansion
+    assert compress.decompress_bytes(blob) == data
+
+
+def test_empty_input():
+    blob = compress.compress_bytes(b"")
+    assert compress.decompress_bytes(blob) == b""
+
+
+def test_read_one_tensor_without_decoding_the_rest(tmp_path):
+    tensors = {
+        "embed": torch.randn(500, 64).to(torch.bfloat16),
+        "ids": torch.arange(10_000, dtype=torch.int64),
+        "scale": torch.ones(7, dtype=torch.float16),
+        "empty": torch.zeros(0, 3),
+    }
+    path = tmp_path / "w.thz"
+    compress.save_tensors(tensors, path, chunk_size=4096)
+    back = compress.load_tensors(path)
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    # Corrupt a chunk of "ids": "embed" still reads, "ids" does not.
+    archive = compress.open_archive(path)
+    seg = next(t for t in archive.tensors if t.name == "ids")
+    first = next(i for i, (_, ro, _) in enumerate(archive.index["chunks"]) if ro >= seg.offset)
+    offset = archive.index["chunks"][first][0]
+    archive.f.close()
+    raw = bytearray(path.read_bytes())
+    raw[offset + 60] ^= 0x40
+    path.write_bytes(raw)
+    assert torch.equal(compress.read_tensor(path, "embed"), tensors["embed"])
+    with pytest.raises(ThriftyError, match=f"chunk {first}"):
+        compress.read_tensor(path, "ids")
+
+
+def test_archive_reads_any_byte_range():
+    data = bytes(range(256)) * 100
+    blob = compress.compress_bytes(data, **SMALL)
+    archive = container.Archive(io.BytesIO(blob), "mem")
+    for start, length in [(0, 0), (0, 1), (4095, 2), (5000, 12_000), (len(data) - 1, 1)]:
+        assert archive.read(start, length) == data[start:start + length]
+    with pytest.raises(ThriftyError, match="outside"):
+        archive.read(len(data), 1)
+
+
+# ---------------------------------------------------------------- properties
+
+_inputs = st.one_of(
+    st.binary(max_size=20_000),
+    st.integers(0, 30_000).map(lambda n: _float_bytes(n, torch.bfloat16, seed=n)),
+    st.integers(0, 10_000).map(lambda n: _float_bytes(n, torch.float32, seed=n)),
+)
+_dtypes = st.sampled_from([None, "bf16", "f32", "u16", "f64"])
+_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_settings
+@given(data=_inputs, dtype=_dtypes, threads=st.sampled_from([1, 2]))
+def test_every_valid_file_decodes_to_its_original(data, dtype, threads):
+    blob = compress.compress_bytes(data, dtype=dtype, threads=threads, **SMALL)
+    assert compress.decompress_bytes(blob, threads=threads) == data
+
+
+@_settings
+@given(data=_inputs, cut=st.floats(0, 1, exclude_max=True))
+def test_every_truncation_is_detected(data, cut):
+    blob = compress.compress_bytes(data, **SMALL)
+    with pytest.raises(ThriftyError):
+        compress.decompress_bytes(blob[: int(len(blob) * cut)])
+
+
+@_settings
+@given(data=_inputs, where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7),
+       dtype=_dtypes)
+def test_every_bit_flip_is_detected(data, where, bit, dtype):
+    blob = bytearray(compress.compress_bytes(data, dtype=dtype, **SMALL))
+    blob[int(len(blob) * where)] ^= 1 << bit
+    with pytest.raises(ThriftyError):
+        compress.decompress_bytes(blob)
+
+
+def test_wrong_magic_and_version_are_named():
+    blob = bytearray(compress.compress_bytes(b"hello"))
+    with pytest.raises(ThriftyError, match="not a thrifty compressed file"):
+        compress.decompress_bytes(b"PK\x03\x04" + bytes(blob[4:]))
+    blob[8] = 9  # version, little-endian u16 after the 8-byte magic
+    with pytest.raises(ThriftyError, match="version 9"):
+        compress.decompress_bytes(blob)
