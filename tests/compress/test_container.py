@@ -36,7 +36,7 @@ def test_float_planes_put_the_bfloat16_exponent_in_plane_0():
     values = torch.tensor([1.0, -1.0, 2.0, -0.5], dtype=torch.bfloat16)
     exponent, rest = planes.split(values.view(torch.uint8).numpy().tobytes(), planes.FLOAT, 2)
     assert list(exponent) == [127, 127, 128, 126]  # the biased exponent, sign moved out
-    assert [b & 1 for b in rest] == [0, 1, 0, 1]  # the sign, now the lowest bit
+    assert [b >> 7 for b in rest] == [0, 1, 0, 1]  # the sign, moved beside the mantissa
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
@@ -80,6 +80,28 @@ def test_incompressible_chunks_are_stored_raw():
     blob = compress.compress_bytes(data, **SMALL)
     chunks = -(-len(data) // SMALL["chunk_size"])
     assert len(blob) < len(data) + 80 * chunks + 400  # frame headers and index only: no expansion
+    assert compress.decompress_bytes(blob) == data
+
+
+@pytest.mark.parametrize("kind", ["torch", "npy", "safetensors"])
+def test_in_memory_files_get_their_layout(kind):
+    import io as _io
+
+    tensors = {"w": torch.randn(300, 200).to(torch.bfloat16), "step": torch.tensor(3.0)}
+    buffer = _io.BytesIO()
+    if kind == "torch":
+        torch.save(tensors, buffer)
+    elif kind == "npy":
+        np.save(buffer, np.random.default_rng(0).standard_normal(30_000).astype(np.float32))
+    else:
+        from safetensors.torch import save
+
+        buffer.write(save(tensors))
+    data = buffer.getvalue()
+    blob = compress.compress_bytes(data)
+    archive = container.Archive(_io.BytesIO(blob), "mem")
+    assert archive.header["kind"] == kind
+    assert any(s.dtype for s in archive.segments)  # a typed segment: planes were used
     assert compress.decompress_bytes(blob) == data
 
 

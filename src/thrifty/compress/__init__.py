@@ -49,18 +49,19 @@ def compress_bytes(data: bytes | bytearray | memoryview, *, dtype: str | None = 
     Options: ``codec``, ``level``, ``threads``, ``chunk_size``."""
     opts = Options(**options)
     view = memoryview(data).cast("B")
-    src = io.BytesIO(view)  # a copy the caller's buffer never sees written to
-    out = io.BytesIO()
-    container.write(src, out, opts, size=len(view), **_layout(src, len(view), dtype))
-    return out.getvalue()
-
-
-def decompress_bytes(blob: bytes | bytearray | memoryview, threads: int = 1) -> bytes:
+    src = _ViewReader(view)  # hands out slices of the caller's buffer: no copy, no writes
+    layout = _layout(src, len(view), dtype)
     out = _Collect()
-    # BytesIO shares a bytes object until written to; anything else it has to copy.
-    src = io.BytesIO(blob if isinstance(blob, bytes) else memoryview(blob).cast("B"))
-    container.read_all(src, "<bytes>", out, threads)
-    return b"".join(out.parts)  # one copy at the end, not one per growth of a buffer
+    container.write(src, out, opts, size=len(view), **layout)
+    return b"".join(out.parts)
+
+
+def decompress_bytes(blob: bytes | bytearray | memoryview, threads: int = 1) -> bytearray:
+    """The original bytes of a container, as a bytearray (filled in place: no final copy)."""
+    out = _Fill()
+    container.read_all(_ViewReader(memoryview(blob).cast("B")), "<bytes>", out, threads)
+    del out.buffer[out.pos:]  # a stream of unknown size may have been over-reserved: never
+    return out.buffer
 
 
 def compress_file(
@@ -166,5 +167,50 @@ class _Collect:
         self.parts: list[bytes] = []
 
     def write(self, b) -> int:
-        self.parts.append(b)
+        self.parts.append(bytes(b))
         return len(b)
+
+
+class _Fill:
+    """A sink that fills one bytearray, allocated up front when the size is known; decoded
+    chunks are copied into it once."""
+
+    def __init__(self):
+        self.buffer, self.pos = bytearray(), 0
+
+    def reserve(self, size: int) -> None:
+        self.buffer = bytearray(size)
+
+    def write(self, b) -> int:
+        n = len(b)
+        if self.pos + n > len(self.buffer):
+            self.buffer.extend(bytes(self.pos + n - len(self.buffer)))
+        self.buffer[self.pos:self.pos + n] = b
+        self.pos += n
+        return n
+
+
+class _ViewReader:
+    """A read-only binary stream over a memoryview whose reads are zero-copy slices."""
+
+    def __init__(self, view: memoryview):
+        self.view, self.pos = view, 0
+
+    def read_view(self, n: int = -1) -> memoryview:
+        end = len(self.view) if n is None or n < 0 else min(self.pos + n, len(self.view))
+        out = self.view[self.pos:end]
+        self.pos = end
+        return out
+
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self.read_view(n))
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else len(self.view) + pos)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True

@@ -79,7 +79,7 @@ def decode(data, method: int, raw_len: int) -> bytes:
     """Decode one plane; raises ThriftyError when the data does not decode to ``raw_len`` bytes."""
     try:
         if method == STORED:
-            out = bytes(data)
+            out = data  # a view of the payload: merging the planes copies it anyway
         elif method == ZSTD:
             out = _decompressor().decompress(data, max_output_size=raw_len)
         elif method == LZ4:

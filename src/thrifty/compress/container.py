@@ -148,7 +148,7 @@ def encode_chunk(data: memoryview, transform: int, width: int, method: int, leve
                                                           else p for p in payload]])
 
 
-def decode_chunk(chunk: Chunk) -> bytes:
+def decode_chunk(chunk: Chunk) -> memoryview:
     """The raw bytes of ``chunk``; raises ThriftyError when anything does not check out."""
     if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
         raise ThriftyError("checksum mismatch in its coded data")
@@ -166,7 +166,11 @@ def decode_chunk(chunk: Chunk) -> bytes:
 # ---------------------------------------------------------------- writing
 
 
-def _read_exact(f: BinaryIO, n: int) -> bytes:
+def _read_exact(f: BinaryIO, n: int) -> bytes | memoryview:
+    """``n`` bytes, fewer only at the end of ``f``; a zero-copy view where ``f`` offers one."""
+    read_view = getattr(f, "read_view", None)
+    if read_view is not None:
+        return read_view(n)
     buf = f.read(n)
     while buf is not None and len(buf) < n:
         more = f.read(n - len(buf))
@@ -293,7 +297,7 @@ class Reader:
 
     def __init__(self, f: BinaryIO, name: str):
         self.f, self.name, self.pos = f, name, 0
-        start = _read_exact(f, len(MAGIC))
+        start = bytes(_read_exact(f, len(MAGIC)))
         if start != MAGIC[: len(start)] or not start:
             raise ThriftyError(f"{name}: not a thrifty compressed file (wrong magic number)")
         self.pos = len(start)
@@ -310,11 +314,13 @@ class Reader:
         (digest,) = _U64.unpack(self._take(8, "header"))
         if xxhash.xxh3_64_intdigest(hjson) != digest:
             raise ThriftyError(f"{name}: corrupt header (checksum mismatch)")
-        self.header = json.loads(hjson)
+        self.header = json.loads(bytes(hjson))
         self.index: dict | None = None
 
     def _take(self, n: int, what: str) -> bytes:
         data = _read_exact(self.f, n)
+        if n < 4096:
+            data = bytes(data)  # small structural fields: bytes are easier to work with
         if len(data) != n:
             raise ThriftyError(f"{self.name}: truncated in the {what} at byte {self.pos + len(data)}")
         self.pos += n
@@ -358,7 +364,7 @@ class Reader:
         (digest,) = _U64.unpack(self._take(8, "index"))
         if xxhash.xxh3_64_intdigest(ijson) != digest:
             raise ThriftyError(f"{self.name}: corrupt index (checksum mismatch)")
-        index = json.loads(ijson)
+        index = json.loads(bytes(ijson))
         offset, magic = _TRAILER.unpack(self._take(_TRAILER.size, "trailer"))
         if magic != END_MAGIC or offset != start:
             raise ThriftyError(f"{self.name}: corrupt trailer")
@@ -376,6 +382,9 @@ def read_all(
     """Decode the container in ``f`` to ``out``; returns its header. Raises ThriftyError, naming
     the chunk, on the first thing that does not check out."""
     reader = Reader(f, name)
+    size = reader.header.get("original_size")
+    if size is not None and hasattr(out, "reserve"):
+        out.reserve(size)
     whole = xxhash.xxh3_64()
     pool = executor(threads)
     pending: collections.deque = collections.deque()
@@ -404,7 +413,7 @@ def read_all(
     return reader.header
 
 
-def _result(name: str, chunk: Chunk, fut: Future) -> bytes:
+def _result(name: str, chunk: Chunk, fut: Future) -> memoryview:
     try:
         return fut.result()
     except ThriftyError as e:
@@ -438,7 +447,7 @@ class Archive:
         (digest,) = _U64.unpack(reader._take(8, "index"))
         if xxhash.xxh3_64_intdigest(ijson) != digest:
             raise ThriftyError(f"{name}: corrupt index (checksum mismatch)")
-        self.index = json.loads(ijson)
+        self.index = json.loads(bytes(ijson))
         self.chunk_ends = [c[0] for c in self.index["chunks"][1:]] + [offset]
         self.segments = [Segment(**s) for s in self.header["segments"]]
         self.tensors = [Segment(**t) for t in self.header.get("tensors", [])]
@@ -476,7 +485,7 @@ class Archive:
                 except ThriftyError as e:
                     raise ThriftyError(f"{self.name}: chunk {c.index} at byte {c.offset}: {e}") from None
                 lo, hi = max(start - c.raw_offset, 0), min(start + length - c.raw_offset, c.raw_len)
-                parts.append(raw[lo:hi])
+                parts.append(bytes(raw[lo:hi]))
         finally:
             pool.shutdown(wait=True)
         return b"".join(parts)

@@ -198,15 +198,18 @@ def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
 
 def detect(f, size: int) -> tuple[str, list[Segment]]:
     """Layout of the seekable binary file ``f`` of ``size`` bytes; ``f`` is left at offset 0."""
-    head = f.read(min(size, 1 << 24))
+    head = bytes(f.read(min(size, 1 << 24)))
     f.seek(0)
     result = None
-    if head.startswith(b"PK\x03\x04"):
-        result = torch_zip_layout(f, size)
-    elif head.startswith(b"\x93NUMPY"):
-        result = npy_layout(head, size)
-    else:
-        result = safetensors_layout(head, size)
+    try:
+        if head.startswith(b"PK\x03\x04"):
+            result = torch_zip_layout(f, size)
+        elif head.startswith(b"\x93NUMPY"):
+            result = npy_layout(head, size)
+        else:
+            result = safetensors_layout(head, size)
+    except Exception:  # noqa: BLE001 - a layout only steers the coding; plain bytes always work
+        result = None
     f.seek(0)
     return result or ("bytes", _fill([], size))
 

@@ -1,15 +1,18 @@
 """Split fixed-width values into byte planes, so that bytes of one kind sit together.
 
-A float's exponent is spread over two bytes by the sign bit in front of it. Rotating the value
-left by one bit moves the sign to the bottom, and the top byte then holds the exponent alone
-(exactly, for float32 and bfloat16; the exponent and three mantissa bits for float16; eight of
-the eleven exponent bits for float64). Plane 0 is the most significant byte of every value,
-plane ``width - 1`` the least. The exponent plane carries under 3 bits per byte on trained
-weights and entropy-codes well; the mantissa planes are close to random and are coded only
-where that pays.
+A float's exponent straddles two bytes, pushed down one bit by the sign in front of it. The
+float transform takes the top 16 bits of each value and moves the sign next to the mantissa:
+plane 0 gets bits 14..7 (the whole exponent of float32 and bfloat16; the exponent and two
+mantissa bits of float16; eight of the eleven exponent bits of float64), plane 1 the sign and
+bits 6..0; planes 2 and up are the remaining bytes, most significant first. The exponent
+plane carries under 3 bits per byte on trained weights and entropy-codes well; the others are
+close to random and are coded only where that pays.
 
-Integers (token ids) get the same split without the rotation: their high bytes are mostly
-zero or repeat.
+Integers (token ids) get the plain byte split, most significant byte first: their high bytes
+are mostly zero or repeat.
+
+Each step is one NumPy pass over whole arrays, in place where it can be: this is the hot loop
+of both compression and decompression.
 """
 
 from __future__ import annotations
@@ -18,38 +21,51 @@ import numpy as np
 
 NONE, FLOAT, BYTES = 0, 1, 2
 NAMES = {NONE: "bytes", FLOAT: "float-planes", BYTES: "byte-planes"}
-_UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_WIDTHS = (2, 4, 8)
 
 
 def usable(transform: int, width: int, nbytes: int) -> bool:
-    return transform == NONE or (width in _UINT and nbytes % width == 0 and nbytes > 0)
+    return transform == NONE or (width in _WIDTHS and nbytes % width == 0 and nbytes > 0)
 
 
 def split(data: memoryview | bytes, transform: int, width: int) -> list[memoryview | np.ndarray]:
     """Planes of ``data`` (little-endian values of ``width`` bytes); ``data`` is not modified."""
     if transform == NONE:
         return [memoryview(data)]
-    values = np.frombuffer(data, dtype=_UINT[width])
-    if transform == FLOAT:
-        bits = 8 * width
-        values = (values << 1) | (values >> (bits - 1))  # a new array: the input stays as it was
-    as_bytes = values.view(np.uint8).reshape(-1, width)
-    return [np.ascontiguousarray(as_bytes[:, width - 1 - k]) for k in range(width)]
+    as_bytes = np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
+    rest = [np.ascontiguousarray(as_bytes[:, width - 1 - k]) for k in range(2 if transform == FLOAT
+                                                                            else 0, width)]
+    if transform == BYTES:
+        return rest
+    top = np.frombuffer(data, dtype="<u2").reshape(-1, width // 2)[:, -1]  # a view, not a copy
+    exponent = (top >> 7).astype(np.uint8)  # bits 14..7; astype keeps the low byte
+    sign_low = top & 0x807F
+    sign_low |= sign_low >> 8  # the sign (bit 15) lands on bit 7, beside bits 6..0
+    return [exponent, sign_low.astype(np.uint8), *rest]
 
 
-def merge(planes: list[bytes | memoryview], transform: int, width: int) -> bytes:
-    """Inverse of :func:`split`."""
+def merge(planes: list[bytes | memoryview], transform: int, width: int) -> memoryview:
+    """Inverse of :func:`split`, as a read-only view of a new array (not copied into bytes)."""
     if transform == NONE:
-        return bytes(planes[0])
+        return memoryview(planes[0])
     n = len(planes[0])
-    out = np.empty((n, width), dtype=np.uint8)
-    for k, plane in enumerate(planes):
-        out[:, width - 1 - k] = np.frombuffer(plane, dtype=np.uint8)
-    values = out.view(_UINT[width]).reshape(-1)
+    first = 2 if transform == FLOAT else 0
     if transform == FLOAT:
-        bits = 8 * width
-        values = (values >> 1) | (values << (bits - 1))
-    return values.tobytes()
+        top = np.frombuffer(planes[0], dtype=np.uint8).astype(np.uint16)
+        top <<= 7
+        sign_low = np.frombuffer(planes[1], dtype=np.uint8).astype(np.uint16)
+        top |= sign_low & 0x7F
+        sign_low &= 0x80
+        sign_low <<= 8
+        top |= sign_low
+        if width == 2:
+            return memoryview(top).cast("B")
+    out = np.empty((n, width), dtype=np.uint8)
+    if transform == FLOAT:
+        out.view("<u2").reshape(n, width // 2)[:, -1] = top
+    for k in range(first, width):
+        out[:, width - 1 - k] = np.frombuffer(planes[k], dtype=np.uint8)
+    return memoryview(out).cast("B")
 
 
 def entropy_bits(plane: np.ndarray | memoryview, sample_every: int = 16) -> float:
