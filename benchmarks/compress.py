@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import os
-import platform
 import re
 import resource
 import subprocess
@@ -39,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine, verdict
 
 from thrifty.compress import bench
 from thrifty.train.data import stdlib_dir
@@ -184,16 +182,9 @@ def main() -> int:
                   f"{rss / 2**20:.0f} MiB, {mb_s:.0f} MB/s\n")
             if rss >= 256 << 20:
                 failures.append(f"peak memory {rss / 2**20:.0f} MiB on {args.big_gb:g} GB >= 256 MiB")
-    print(f"machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
-          f"python {platform.python_version()}, torch {torch.__version__}; "
-          f"max RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    for failure in failures:
-        print(f"TARGET MISSED: {failure}")
-    print("all targets met" if not failures else f"{len(failures)} target(s) missed")
-    return 1 if failures else 0
-
+    print(machine() + f"; max RSS of this process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")
+    return verdict(failures, args.json, report)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from _common import machine, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 2
@@ -134,9 +133,7 @@ def main() -> int:
     print("|" + "|".join("---" for _ in head) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    cpu = platform.processor() or platform.machine()
-    print(f"\nmachine: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
-          f"python {platform.python_version()}")
+    print("\n" + machine())
 
     def check(name: str, min_reduction: float) -> None:
         r = runs[name]
@@ -149,13 +146,7 @@ def main() -> int:
 
     check("diloco(H=50)", 40)
     check("ddp+powersgd(r4)", 10)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"ratio": ratio, "runs": runs}, indent=1))
-    for failure in failures:
-        print(f"TARGET MISSED: {failure}")
-    print("all targets met" if not failures else f"{len(failures)} target(s) missed")
-    return 1 if failures else 0
-
+    return verdict(failures, args.json, {"ratio": ratio, "runs": runs})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ still done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -60,13 +61,39 @@ def _inputs(args, want_thz: bool) -> list[Path | None]:
     return out
 
 
+@contextlib.contextmanager
 def _progress(total: int | None, name: str, quiet: bool):
-    if quiet or not sys.stderr.isatty() or (total or 0) < (64 << 20):
-        return None, None
+    """A byte counter for a progress bar on a terminal, for inputs worth waiting for."""
+    if quiet or not sys.stderr.isatty() or (total is not None and total < (64 << 20)):
+        yield None
+        return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr, leave=False)
-    return bar, bar.update
+    with tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def _stream(src: Path | None, args, to_stdout: bool, code) -> None:
+    """Run ``code(f_in, f_out, name)`` from a file or stdin to stdout, or to ``-o`` atomically."""
+    from thrifty.files import atomic_writer
+
+    name = "stdin" if src is None else str(src)
+    f = sys.stdin.buffer if src is None else open(src, "rb")  # noqa: SIM115
+    try:
+        if to_stdout:
+            code(f, sys.stdout.buffer, name)
+            sys.stdout.buffer.flush()
+            return
+        if not args.output:
+            raise ThriftyError("stdin input needs -o FILE or -c")
+        dst = Path(args.output)
+        if dst.exists() and not args.force:
+            raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
+        with atomic_writer(dst, overwrite=args.force) as out:
+            code(f, out, name)
+    finally:
+        if src is not None:
+            f.close()
 
 
 def _each(inputs, work) -> int:
@@ -114,18 +141,17 @@ def run_compress(argv: list[str]) -> int:
 
     def work(src: Path | None) -> None:
         if src is None or to_stdout:
-            _compress_stream(src, args, opts, to_stdout)
+            if args.dtype:
+                raise ThriftyError("--dtype needs a file input, not a stream")
+            options = container.Options(**opts)
+            _stream(src, args, to_stdout, lambda f, out, name: container.write(f, out, options))
             return
         if src.suffix == thz.SUFFIX and not args.force:
             raise ThriftyError(f"{src}: already has the {thz.SUFFIX} suffix (use -f to compress anyway)")
         dst = Path(args.output) if args.output else src.with_name(src.name + thz.SUFFIX)
-        bar, tick = _progress(src.stat().st_size, src.name, args.quiet)
-        try:
+        with _progress(src.stat().st_size, src.name, args.quiet) as tick:
             stats = thz.compress_file(src, dst, dtype=args.dtype, overwrite=args.force,
                                       verify=args.verify, progress=tick, **opts)
-        finally:
-            if bar:
-                bar.close()
         if args.rm:
             src.unlink()
         if not args.quiet:
@@ -134,30 +160,6 @@ def run_compress(argv: list[str]) -> int:
                   + (", verified" if args.verify else ""), file=sys.stderr)
 
     return _each(_inputs(args, want_thz=False), work)
-
-
-def _compress_stream(src: Path | None, args, opts: dict, to_stdout: bool) -> None:
-    from thrifty.files import atomic_writer
-
-    options = container.Options(**opts)
-    if args.dtype:
-        raise ThriftyError("--dtype needs a file input, not a stream")
-    f = sys.stdin.buffer if src is None else open(src, "rb")  # noqa: SIM115
-    try:
-        if to_stdout:
-            container.write(f, sys.stdout.buffer, options)
-            sys.stdout.buffer.flush()
-        else:
-            if not args.output:
-                raise ThriftyError("stdin input needs -o FILE or -c")
-            dst = Path(args.output)
-            if dst.exists() and not args.force:
-                raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
-            with atomic_writer(dst, overwrite=args.force) as out:
-                container.write(f, out, options)
-    finally:
-        if src is not None:
-            f.close()
 
 
 def run_decompress(argv: list[str]) -> int:
@@ -172,25 +174,8 @@ def run_decompress(argv: list[str]) -> int:
 
     def work(src: Path | None) -> None:
         if src is None or to_stdout:
-            f = sys.stdin.buffer if src is None else open(src, "rb")  # noqa: SIM115
-            try:
-                if to_stdout:
-                    container.read_all(f, "stdin" if src is None else str(src), sys.stdout.buffer,
-                                       args.threads)
-                    sys.stdout.buffer.flush()
-                    return
-                if not args.output:
-                    raise ThriftyError("stdin input needs -o FILE or -c")
-                thz_out = Path(args.output)
-                from thrifty.files import atomic_writer
-
-                if thz_out.exists() and not args.force:
-                    raise ThriftyError(f"{thz_out}: already exists (use -f to overwrite)")
-                with atomic_writer(thz_out, overwrite=args.force) as out:
-                    container.read_all(f, "stdin", out, args.threads)
-            finally:
-                if src is not None:
-                    f.close()
+            _stream(src, args, to_stdout,
+                    lambda f, out, name: container.read_all(f, name, out, args.threads))
             return
         if args.output:
             dst = Path(args.output)
@@ -198,12 +183,8 @@ def run_decompress(argv: list[str]) -> int:
             dst = src.with_suffix("")
         else:
             raise ThriftyError(f"{src}: unknown suffix (expected {thz.SUFFIX}; use -o to name the output)")
-        bar, tick = _progress(None, src.name, args.quiet)
-        try:
+        with _progress(None, src.name, args.quiet) as tick:
             thz.decompress_file(src, dst, threads=args.threads, overwrite=args.force, progress=tick)
-        finally:
-            if bar:
-                bar.close()
         if args.rm:
             src.unlink()
         if not args.quiet:
