@@ -293,10 +293,13 @@ def _account(stats: Stats, seg: int, frame: bytes) -> None:
 
 
 class Reader:
-    """Reads a container sequentially from any binary stream, checking everything on the way."""
+    """Reads a container's frames from a binary stream, checking everything on the way: from
+    the start (``Reader(f, name)`` reads and checks the header), or from a frame at a known
+    offset of a seekable file (``Reader.at``)."""
 
     def __init__(self, f: BinaryIO, name: str):
         self.f, self.name, self.pos = f, name, 0
+        self.index: dict | None = None
         start = bytes(_read_exact(f, len(MAGIC)))
         if start != MAGIC[: len(start)] or not start:
             raise ThriftyError(f"{name}: not a thrifty compressed file (wrong magic number)")
@@ -315,7 +318,13 @@ class Reader:
         if xxhash.xxh3_64_intdigest(hjson) != digest:
             raise ThriftyError(f"{name}: corrupt header (checksum mismatch)")
         self.header = json.loads(bytes(hjson))
-        self.index: dict | None = None
+
+    @classmethod
+    def at(cls, f: BinaryIO, name: str, offset: int) -> Reader:
+        reader = cls.__new__(cls)
+        reader.f, reader.name, reader.pos, reader.index = f, name, offset, None
+        f.seek(offset)
+        return reader
 
     def _take(self, n: int, what: str) -> bytes:
         data = _read_exact(self.f, n)
@@ -358,13 +367,17 @@ class Reader:
         payload = self._take(sum(s for _, s in table), f"chunk {i}")
         return Chunk(i, start, raw_pos, raw_len, transform, width, raw_xxh, payload_xxh, table, payload)
 
-    def _index_frame(self, start: int, nchunks: int, raw_total: int) -> None:
+    def index_body(self) -> dict:
+        """The index JSON after its tag, checked against its checksum."""
         (n,) = _U32.unpack(self._take(4, "index"))
         ijson = self._take(n, "index")
         (digest,) = _U64.unpack(self._take(8, "index"))
         if xxhash.xxh3_64_intdigest(ijson) != digest:
             raise ThriftyError(f"{self.name}: corrupt index (checksum mismatch)")
-        index = json.loads(bytes(ijson))
+        return json.loads(bytes(ijson))
+
+    def _index_frame(self, start: int, nchunks: int, raw_total: int) -> None:
+        index = self.index_body()
         offset, magic = _TRAILER.unpack(self._take(_TRAILER.size, "trailer"))
         if magic != END_MAGIC or offset != start:
             raise ThriftyError(f"{self.name}: corrupt trailer")
@@ -437,17 +450,10 @@ class Archive:
         offset, magic = _TRAILER.unpack(f.read(_TRAILER.size))
         if magic != END_MAGIC or offset >= end:
             raise ThriftyError(f"{name}: truncated or corrupt (no valid trailer)")
-        f.seek(offset)
-        reader = Reader.__new__(Reader)
-        reader.f, reader.name, reader.pos = f, name, offset
+        reader = Reader.at(f, name, offset)
         if reader._take(1, "index") != b"I":
             raise ThriftyError(f"{name}: corrupt trailer (it does not point at the index)")
-        (n,) = _U32.unpack(reader._take(4, "index"))
-        ijson = reader._take(n, "index")
-        (digest,) = _U64.unpack(reader._take(8, "index"))
-        if xxhash.xxh3_64_intdigest(ijson) != digest:
-            raise ThriftyError(f"{name}: corrupt index (checksum mismatch)")
-        self.index = json.loads(bytes(ijson))
+        self.index = reader.index_body()
         self.chunk_ends = [c[0] for c in self.index["chunks"][1:]] + [offset]
         self.segments = [Segment(**s) for s in self.header["segments"]]
         self.tensors = [Segment(**t) for t in self.header.get("tensors", [])]
@@ -458,9 +464,7 @@ class Archive:
 
     def _load(self, i: int) -> Chunk:
         offset, raw_offset, _ = self.index["chunks"][i]
-        self.f.seek(offset)
-        reader = Reader.__new__(Reader)
-        reader.f, reader.name, reader.pos = self.f, self.name, offset
+        reader = Reader.at(self.f, self.name, offset)
         if reader._take(1, f"chunk {i}") != b"C":
             raise ThriftyError(f"{self.name}: chunk {i} at byte {offset}: corrupt (no frame here)")
         chunk = reader._chunk_frame(i, offset, raw_offset)
