@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from thrifty.errors import ThriftyError
-from thrifty.files import fsync_dir as _fsync_dir
-from thrifty.files import write_atomic
+from thrifty.files import fsync_dir, write_atomic
 
 FORMAT = 1
 _PREFIX = "step_"
@@ -58,7 +57,7 @@ def publish(partial: Path, final: Path, step: int, world_size: int, files: dict[
     meta = {"format": FORMAT, "step": step, "world_size": world_size, "files": files}
     write_atomic(partial / "meta.json", json.dumps(meta, indent=1).encode())
     os.replace(partial, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def read_meta(ckpt: Path) -> dict:
