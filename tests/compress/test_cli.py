@@ -145,3 +145,15 @@ def test_bench_compares_codecs(weights):
     out = thrifty("bench", str(weights), "--repeat", "1").stdout
     for name in ("thrifty", "zstd -3", "zstd -19", "lz4", "zlib -6", "ZipNN"):
         assert name in out
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """thrifty inspect ... | head: more output than a pipe holds, then the reader goes away."""
+    from safetensors.torch import save_file
+
+    save_file({f"t{i}": torch.zeros(32768, dtype=torch.bfloat16) for i in range(300)},
+              tmp_path / "many.safetensors")
+    thrifty("compress", str(tmp_path / "many.safetensors"))
+    cmd = f"{sys.executable} -m thrifty inspect --json {tmp_path / 'many.safetensors.thz'} | head -1"
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    assert proc.stdout == "{\n" and proc.stderr == ""

@@ -49,3 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("thrifty: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (thrifty inspect ... | head): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # 128 + SIGPIPE, as a shell reports it
