@@ -157,3 +157,17 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     cmd = f"{sys.executable} -m thrifty inspect --json {tmp_path / 'many.safetensors.thz'} | head -1"
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True)
     assert proc.stdout == "{\n" and proc.stderr == ""
+
+
+def test_inspect_reports_a_corrupt_frame_header_in_one_line(weights, tmp_path):
+    from thrifty import compress
+
+    thrifty("compress", str(weights), "--chunk-size=16384")
+    packed = tmp_path / "model.safetensors.thz"
+    archive = compress.open_archive(packed)
+    offset = archive.index["chunks"][1][0]
+    archive.f.close()
+    blob = bytearray(packed.read_bytes())
+    blob[offset + 6] ^= 0x10  # inside chunk 1's raw length
+    packed.write_bytes(blob)
+    assert_one_line_error(thrifty("inspect", str(packed), check=False), "chunk 1", "corrupt frame header")

@@ -32,8 +32,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-T", "--threads", type=_threads, default=_threads("0"),
                         help="worker threads; 0: one per core (default)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-    parser.add_argument("-k", "--keep", action="store_true", help="keep the source (the default)")
-    parser.add_argument("--rm", action="store_true", help="remove the source after success")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("-k", "--keep", action="store_true", help="keep the source (the default)")
+    source.add_argument("--rm", action="store_true", help="remove the source after success")
     parser.add_argument("-r", "--recursive", action="store_true", help="descend into directories")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summary lines")
 

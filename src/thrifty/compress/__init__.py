@@ -47,20 +47,20 @@ def compress_bytes(data: bytes | bytearray | memoryview, *, dtype: str | None = 
     """Compress ``data`` (never modified) into a thrifty container. ``dtype`` (``bf16``,
     ``f32``, ``u16``, ...) declares raw values of one type; without it the layout is detected.
     Options: ``codec``, ``level``, ``threads``, ``chunk_size``."""
-    opts = Options(**options)
-    view = memoryview(data).cast("B")
-    src = _ViewReader(view)  # hands out slices of the caller's buffer: no copy, no writes
-    layout = _layout(src, len(view), dtype)
     out = _Collect()
-    container.write(src, out, opts, size=len(view), **layout)
+    _compress_view(memoryview(data).cast("B"), out, Options(**options), dtype)
     return b"".join(out.parts)
+
+
+def _compress_view(view: memoryview, out, opts: Options, dtype: str | None) -> Stats:
+    src = _ViewReader(view)  # hands out slices of the caller's buffer: no copy, no writes
+    return container.write(src, out, opts, size=len(view), **_layout(src, len(view), dtype))
 
 
 def decompress_bytes(blob: bytes | bytearray | memoryview, threads: int = 1) -> bytearray:
     """The original bytes of a container, as a bytearray (filled in place: no final copy)."""
     out = _Fill()
     container.read_all(_ViewReader(memoryview(blob).cast("B")), "<bytes>", out, threads)
-    del out.buffer[out.pos:]  # a stream of unknown size may have been over-reserved: never
     return out.buffer
 
 
@@ -113,10 +113,8 @@ def save_tensors(tensors: dict, path: str | Path, *, overwrite: bool = True, **o
 
     blob = save({k: v.detach().contiguous() for k, v in tensors.items()})
     opts = Options(**options)
-    src = io.BytesIO(blob)
-    layout = _layout(src, len(blob), None)
     with atomic_writer(Path(path), overwrite=overwrite) as out:
-        return container.write(src, out, opts, size=len(blob), **layout)
+        return _compress_view(memoryview(blob), out, opts, None)
 
 
 def load_tensors(path: str | Path, threads: int = 1) -> dict:
@@ -183,9 +181,10 @@ class _Fill:
 
     def write(self, b) -> int:
         n = len(b)
-        if self.pos + n > len(self.buffer):
-            self.buffer.extend(bytes(self.pos + n - len(self.buffer)))
-        self.buffer[self.pos:self.pos + n] = b
+        if self.pos == len(self.buffer):  # nothing reserved (a stream of unknown size): grow
+            self.buffer += b
+        else:
+            self.buffer[self.pos:self.pos + n] = b
         self.pos += n
         return n
 

@@ -201,7 +201,6 @@ def write(
     whole = xxhash.xxh3_64()
     stats = Stats()
     table: list[list[int]] = []
-    seg_first: list[int] = []
     pending: collections.deque = collections.deque()
     pool = executor(opts.threads)
     raw_pos = 0
@@ -215,18 +214,15 @@ def write(
             _account(stats, seg, frame)
             dst.write(frame)
             written += len(frame)
-            stats.stored = written
 
     def pieces() -> Iterator[tuple[int, bytes, int, int]]:
         if segments is None:
-            seg_first.append(0)
             while True:
                 data = _read_exact(src, opts.chunk_size)
                 if not data:
                     return
                 yield 0, data, planes.NONE, 1
         for i, seg in enumerate(segments):
-            seg_first.append(len(table) + len(pending))
             transform, width = seg.transform
             left = seg.length
             while left > 0:
@@ -269,8 +265,7 @@ def write(
     if segments is not None and src.read(1):
         raise ThriftyError("input grew while being read")
     stats.original = raw_pos
-    index = {"original_size": raw_pos, "xxh3_64": whole.hexdigest(), "chunks": table,
-             "segment_first_chunk": seg_first}
+    index = {"original_size": raw_pos, "xxh3_64": whole.hexdigest(), "chunks": table}
     ijson = json.dumps(index, separators=(",", ":")).encode()
     tail = b"I" + _U32.pack(len(ijson)) + ijson + _U64.pack(xxhash.xxh3_64_intdigest(ijson))
     tail += _TRAILER.pack(written, END_MAGIC)
@@ -280,6 +275,7 @@ def write(
 
 
 def _account(stats: Stats, seg: int, frame: bytes) -> None:
+    """Add a frame's raw and stored bytes per plane to ``stats`` (from its header alone)."""
     t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(frame, 1)
     per_plane = raw_len // w if t != planes.NONE else raw_len
     for k in range(n):
@@ -287,6 +283,15 @@ def _account(stats: Stats, seg: int, frame: bytes) -> None:
         acc = stats.planes.setdefault((seg, k), [0, 0])
         acc[0] += per_plane
         acc[1] += stored
+
+
+def segment_firsts(header: dict) -> list[int]:
+    """The number of each segment's first chunk: segments are cut into chunk_size pieces."""
+    firsts, n = [], 0
+    for seg in header["segments"]:
+        firsts.append(n)
+        n += -(-seg["length"] // header["chunk_size"])
+    return firsts or [0]
 
 
 # ---------------------------------------------------------------- reading
@@ -353,17 +358,23 @@ class Reader:
                 raise ThriftyError(f"{self.name}: corrupt at byte {start} (expected chunk {i} or the "
                                    "index)")
 
-    def _chunk_frame(self, i: int, start: int, raw_pos: int) -> Chunk:
-        where = f"{self.name}: chunk {i} at byte {start}"
+    def frame_head(self, i: int, start: int) -> bytes:
+        """Chunk ``i``'s frame header after its tag, checked against its CRC; with the tag."""
         fixed = self._take(_CHUNK.size, f"chunk {i}")
-        transform, width, n, reserved, raw_len, raw_xxh, payload_xxh = _CHUNK.unpack(fixed)
+        _, _, n, reserved, _, _, _ = _CHUNK.unpack(fixed)
         if n > 8 or reserved:
-            raise ThriftyError(f"{where}: corrupt frame header")
-        table_bytes = self._take(n * _PLANE.size, f"chunk {i}")
+            raise ThriftyError(f"{self.name}: chunk {i} at byte {start}: corrupt frame header")
+        head = b"C" + fixed + self._take(n * _PLANE.size, f"chunk {i}")
         (crc,) = _U32.unpack(self._take(4, f"chunk {i}"))
-        if zlib.crc32(b"C" + fixed + table_bytes) != crc:
-            raise ThriftyError(f"{where}: corrupt frame header (checksum mismatch)")
-        table = [_PLANE.unpack_from(table_bytes, k * _PLANE.size) for k in range(n)]
+        if zlib.crc32(head) != crc:
+            raise ThriftyError(f"{self.name}: chunk {i} at byte {start}: corrupt frame header "
+                               "(checksum mismatch)")
+        return head
+
+    def _chunk_frame(self, i: int, start: int, raw_pos: int) -> Chunk:
+        head = self.frame_head(i, start)
+        transform, width, n, _, raw_len, raw_xxh, payload_xxh = _CHUNK.unpack_from(head, 1)
+        table = [_PLANE.unpack_from(head, 1 + _CHUNK.size + k * _PLANE.size) for k in range(n)]
         payload = self._take(sum(s for _, s in table), f"chunk {i}")
         return Chunk(i, start, raw_pos, raw_len, transform, width, raw_xxh, payload_xxh, table, payload)
 
@@ -420,7 +431,6 @@ def read_all(
         pool.shutdown(wait=True, cancel_futures=True)
     if whole.hexdigest() != reader.index["xxh3_64"]:
         raise ThriftyError(f"{name}: checksum of the whole file does not match")
-    size = reader.header.get("original_size")
     if size is not None and size != reader.index["original_size"]:
         raise ThriftyError(f"{name}: header and index disagree on the original size")
     return reader.header
@@ -484,10 +494,7 @@ class Archive:
             futures = [pool.submit(decode_chunk, c) for c in chunks]
             parts = []
             for c, fut in zip(chunks, futures, strict=True):
-                try:
-                    raw = fut.result()
-                except ThriftyError as e:
-                    raise ThriftyError(f"{self.name}: chunk {c.index} at byte {c.offset}: {e}") from None
+                raw = _result(self.name, c, fut)
                 lo, hi = max(start - c.raw_offset, 0), min(start + length - c.raw_offset, c.raw_len)
                 parts.append(bytes(raw[lo:hi]))
         finally:
@@ -497,12 +504,13 @@ class Archive:
     def stats(self) -> Stats:
         """Raw and stored bytes per segment and plane, from the chunk frame headers alone."""
         stats = Stats(original=self.size, stored=self.f.seek(0, 2))
-        firsts = self.index.get("segment_first_chunk", [0])
+        firsts = segment_firsts(self.header)
         seg = 0
         for i, (offset, _, _) in enumerate(self.index["chunks"]):
             while seg + 1 < len(firsts) and i >= firsts[seg + 1]:
                 seg += 1
-            self.f.seek(offset)
-            head = self.f.read(1 + _CHUNK.size + 8 * _PLANE.size)
-            _account(stats, seg, head)
+            reader = Reader.at(self.f, self.name, offset)
+            if reader._take(1, f"chunk {i}") != b"C":
+                raise ThriftyError(f"{self.name}: chunk {i} at byte {offset}: corrupt (no frame here)")
+            _account(stats, seg, reader.frame_head(i, offset))
         return stats

@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 NONE, FLOAT, BYTES = 0, 1, 2
-NAMES = {NONE: "bytes", FLOAT: "float-planes", BYTES: "byte-planes"}
 _WIDTHS = (2, 4, 8)
 
 
