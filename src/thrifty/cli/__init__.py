@@ -13,6 +13,10 @@ COMMANDS = {
     "decompress": ("thrifty.cli.compress:run_decompress", "restore compressed files"),
     "inspect": ("thrifty.cli.compress:run_inspect", "what a .thz file holds, ratio per tensor and plane"),
     "bench": ("thrifty.cli.compress:run_bench", "one file under thrifty and the usual codecs"),
+    "estimate": ("thrifty.cli.estimate", "plan training, inference and communication: time, energy, money"),
+    "runs": ("thrifty.cli.report:run_runs", "list the runs in the ledger"),
+    "report": ("thrifty.cli.report:run_report", "what runs cost, by driver; --html for plots"),
+    "prices": ("thrifty.cli.report:run_prices", "show the price book in force"),
 }
 
 
