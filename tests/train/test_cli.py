@@ -22,6 +22,7 @@ from tests.conftest import (
     thrifty,
     train_tiny,
 )
+from thrifty.cost import Ledger
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,24 @@ def test_metrics_and_summary(trained):
         "step_00000012", "step_00000016"]
 
 
+def test_training_is_metered_into_the_ledger(trained):
+    s = summary(trained)
+    row = Ledger(os.environ["THRIFTY_LEDGER"]).get(str(trained.resolve()))
+    u = row["usage"]
+    assert row["kind"] == "train" and row["status"] == "ok"
+    assert u["tokens_read"] == s["tokens"] == 4096
+    assert u["bytes_communicated"] == s["bytes_sent_total"] > 0
+    # the launcher's children are the workers: their CPU time is all in, plus the launcher's own
+    assert u["cpu_s"] >= 0.95 * s["cpu_s"]
+    kept = [json.loads((d / "meta.json").read_text()) for d in (trained / "checkpoints").iterdir()]
+    assert u["bytes_written_stored"] == sum(f["bytes"] for m in kept for f in m["files"].values())
+    assert u["bytes_written_raw"] > u["bytes_written_stored"]  # checkpoints are compressed
+    assert row["info"]["final_val_loss"] == s["final_val_loss"]
+    assert row["info"]["strategy"] == "ddp" and row["info"]["world_size"] == 2
+    points = [p for p in Ledger(os.environ["THRIFTY_LEDGER"]).points(row["id"]) if p["event"] == "train"]
+    assert [p["step"] for p in points] == list(range(1, s["steps"] + 1))
+
+
 def test_refuses_to_reuse_a_run_directory(trained):
     proc = thrifty("train", *TINY, f"--run.dir={trained}", check=False)
     assert_one_line_error(proc, "already holds checkpoints", "--resume")
@@ -132,6 +151,12 @@ def test_torchrun_runs_the_same_module(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = summary(tmp_path / "run")
     assert s["world_size"] == 2 and s["steps"] == 8
+    # nobody else meters a torchrun job: rank 0 records it, with every rank's CPU time
+    row = Ledger(os.environ["THRIFTY_LEDGER"]).get(str((tmp_path / "run").resolve()))
+    assert row["status"] == "ok" and row["usage"]["tokens_read"] == s["tokens"]
+    assert row["usage"]["cpu_s"] == pytest.approx(s["cpu_s"])
+    assert row["usage"]["cpu_method"].startswith("the trainer's sum over ranks")
+    assert row["usage"]["bytes_communicated"] == s["bytes_sent_total"]
 
 
 def _worker_pids(run_dir: Path) -> list[int]:

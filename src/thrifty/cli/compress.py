@@ -17,6 +17,7 @@ from pathlib import Path
 
 from thrifty import compress as thz
 from thrifty.compress import container
+from thrifty.cost.meter import metered_run
 from thrifty.errors import ThriftyError
 
 
@@ -145,7 +146,13 @@ def run_compress(argv: list[str]) -> int:
             if args.dtype:
                 raise ThriftyError("--dtype needs a file input, not a stream")
             options = container.Options(**opts)
-            _stream(src, args, to_stdout, lambda f, out, name: container.write(f, out, options))
+
+            def code(f, out, name):
+                stats = container.write(f, out, options)
+                metered.add(bytes_read=stats.original, bytes_written_raw=stats.original,
+                            bytes_written_stored=stats.stored)
+
+            _stream(src, args, to_stdout, code)
             return
         if src.suffix == thz.SUFFIX and not args.force:
             raise ThriftyError(f"{src}: already has the {thz.SUFFIX} suffix (use -f to compress anyway)")
@@ -153,6 +160,8 @@ def run_compress(argv: list[str]) -> int:
         with _progress(src.stat().st_size, src.name, args.quiet) as tick:
             stats = thz.compress_file(src, dst, dtype=args.dtype, overwrite=args.force,
                                       verify=args.verify, progress=tick, **opts)
+        metered.add(bytes_read=stats.original, bytes_written_raw=stats.original,
+                    bytes_written_stored=stats.stored)
         if args.rm:
             src.unlink()
         if not args.quiet:
@@ -160,7 +169,12 @@ def run_compress(argv: list[str]) -> int:
             print(f"{src} -> {dst}: {stats.original:,} -> {stats.stored:,} bytes ({ratio:.3f}x)"
                   + (", verified" if args.verify else ""), file=sys.stderr)
 
-    return _each(_inputs(args, want_thz=False), work)
+    inputs = _inputs(args, want_thz=False)
+    with metered_run("compress", _run_name(inputs)) as metered:
+        metered.info.update(codec=args.codec, level=args.level, threads=args.threads)
+        status = _each(inputs, work)
+        metered.status = "ok" if status == 0 else "failed"
+    return status
 
 
 def run_decompress(argv: list[str]) -> int:
@@ -175,8 +189,15 @@ def run_decompress(argv: list[str]) -> int:
 
     def work(src: Path | None) -> None:
         if src is None or to_stdout:
-            _stream(src, args, to_stdout,
-                    lambda f, out, name: container.read_all(f, name, out, args.threads))
+            reader, writer = _Counting(), _Counting()
+
+            def code(f, out, name):
+                reader.f_in, writer.f_out = f, out
+                container.read_all(reader, name, writer, args.threads)
+
+            _stream(src, args, to_stdout, code)
+            metered.add(bytes_read=reader.read_bytes, bytes_written_raw=writer.written,
+                        bytes_written_stored=writer.written)
             return
         if args.output:
             dst = Path(args.output)
@@ -186,12 +207,47 @@ def run_decompress(argv: list[str]) -> int:
             raise ThriftyError(f"{src}: unknown suffix (expected {thz.SUFFIX}; use -o to name the output)")
         with _progress(None, src.name, args.quiet) as tick:
             thz.decompress_file(src, dst, threads=args.threads, overwrite=args.force, progress=tick)
+        size = dst.stat().st_size
+        metered.add(bytes_read=src.stat().st_size, bytes_written_raw=size, bytes_written_stored=size)
         if args.rm:
             src.unlink()
         if not args.quiet:
             print(f"{src} -> {dst}", file=sys.stderr)
 
-    return _each(_inputs(args, want_thz=True), work)
+    inputs = _inputs(args, want_thz=True)
+    with metered_run("decompress", _run_name(inputs)) as metered:
+        status = _each(inputs, work)
+        metered.status = "ok" if status == 0 else "failed"
+    return status
+
+
+def _run_name(inputs: list[Path | None]) -> str:
+    names = ["stdin" if p is None else p.name for p in inputs]
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
+class _Counting:
+    """A file wrapper that counts the bytes read through it, or written through it."""
+
+    def __init__(self, f_in=None, f_out=None):
+        self.f_in, self.f_out, self.read_bytes, self.written = f_in, f_out, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f_in.read(n)
+        self.read_bytes += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        n = self.f_in.readinto(buffer)
+        self.read_bytes += n or 0
+        return n
+
+    def write(self, data) -> int:
+        self.written += memoryview(data).nbytes
+        return self.f_out.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f_in if self.f_in is not None else self.f_out, name)
 
 
 def _fmt_ratio(raw: int, stored: int) -> str:

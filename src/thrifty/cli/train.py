@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from thrifty import config as config_lib
+from thrifty.cost import prices as prices_lib
+from thrifty.cost.charges import charges
+from thrifty.cost.meter import metered_run
 from thrifty.errors import ThriftyError
-from thrifty.train import checkpoint
+from thrifty.report.terminal import cost_table
+from thrifty.train import accounting, checkpoint
 from thrifty.train.config import TrainConfig
 from thrifty.train.data import _corpus_files
 
@@ -46,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its newest complete checkpoint",
     )
+    parser.add_argument("--prices", metavar="FILE", help="price file for the cost of the run")
+    parser.add_argument("--people-hours", type=float, default=0.0, metavar="H",
+                        help="engineer hours spent on this run, charged as the people driver")
     return parser
 
 
@@ -91,16 +99,33 @@ def run(argv: list[str]) -> int:
     cfg.layout(args.nproc)  # the batch must split over the workers
     _corpus_files(cfg.data)  # fail here, once, rather than in every worker
 
+    if args.people_hours < 0:
+        raise ThriftyError("--people-hours must be >= 0")
+    book = prices_lib.load(args.prices)
+
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.toml"
     checkpoint.write_atomic(config_path, config_lib.dump(cfg).encode())
     print(f"run directory: {run_dir}", flush=True)
-    if args.nproc == 1 and args.max_restarts == 0:
-        from thrifty.train.worker import train
+    before = accounting.progress(run_dir)
+    os.environ["THRIFTY_METERED"] = "1"  # the workers leave the ledger to this process
+    with metered_run("train", cfg.run.name, run_dir=run_dir.resolve(), book=book) as metered:
+        metered.add(people_hours=args.people_hours)
+        try:
+            if args.nproc == 1 and args.max_restarts == 0:
+                from thrifty.train.worker import train
 
-        train(cfg, run_dir, resume=latest)
-    else:
-        from thrifty.train.launch import launch
+                train(cfg, run_dir, resume=latest)
+            else:
+                from thrifty.train.launch import launch
 
-        launch(config_path, args.nproc, args.max_restarts, resume=latest)
+                launch(config_path, args.nproc, args.max_restarts, resume=latest)
+        except BaseException:
+            accounting.absorb(metered, run_dir, before, world_size=args.nproc)  # charged all the same
+            raise
+        if accounting.absorb(metered, run_dir, before, world_size=args.nproc) is None:
+            metered.status = "stopped"  # run.stop_after: the run continues with --resume
+    where = f"ledger run {metered.id}" if metered.id is not None else "ledger off"
+    print(f"\ncost ({where}; thrifty report {metered.id or ''} for more)\n"
+          + cost_table(charges(metered.usage, book)), flush=True)
     return 0

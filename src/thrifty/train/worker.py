@@ -103,6 +103,27 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | str | None) -> dict | 
             dist.destroy_process_group()
 
 
+def _train_metered(cfg: TrainConfig, run_dir: Path, resume) -> None:
+    """Train as rank 0 of a job nobody else meters. CPU time is the trainer's sum over ranks (this
+    process cannot see the other machines' processes)."""
+    from thrifty.cost.meter import metered_run
+    from thrifty.train import accounting
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    machines = max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    before = accounting.progress(run_dir)
+    with metered_run("train", cfg.run.name, run_dir=run_dir.resolve()) as metered:
+        try:
+            summary = train(cfg, run_dir, resume)
+        finally:
+            summary = accounting.absorb(metered, run_dir, before, world_size=world, machines=machines)
+        if summary is None:
+            metered.status = "stopped"
+        else:
+            metered.cpu_override = (summary["cpu_s"] - before.get("cpu_s", 0.0),
+                                    "the trainer's sum over ranks of getrusage (self + children)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m thrifty.train", add_help=True)
     parser.add_argument("config", nargs="?", help="TOML config (defaults apply without one)")
@@ -114,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_lib.load(TrainConfig, args.config, config_lib.parse_overrides(rest))
         run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg)
-        train(cfg, run_dir, args.resume)
+        if os.environ.get("RANK", "0") == "0" and not os.environ.get("THRIFTY_METERED"):
+            _train_metered(cfg, run_dir, args.resume)  # under torchrun: rank 0 keeps the books
+        else:
+            train(cfg, run_dir, args.resume)
     except ThriftyError as exc:
         rank = os.environ.get("RANK")
         where = f" (rank {rank})" if rank not in (None, "0") else ""

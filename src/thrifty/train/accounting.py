@@ -1,0 +1,74 @@
+"""What a training run used, for the meter: read from what the workers left in the run directory.
+
+The workers write per-step metrics (metrics.jsonl), checkpoints with their raw and stored sizes
+(meta.json), and at the end the run summary (run.json). The process that meters the run (the one
+``thrifty train`` runs in, or rank 0 under ``torchrun``) turns them into counters, so a run that
+died midway is still charged for the tokens, bytes and checkpoints it got through.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from thrifty.cost.prices import accelerator_key
+from thrifty.train import checkpoint as ckpt
+from thrifty.train.metrics import read_metrics
+
+
+def progress(run_dir: Path) -> dict:
+    """Where the run stands now: the last logged step's tokens and cumulative bytes sent."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = [r for r in read_metrics(path) if r.get("event") == "train"] if path.exists() else []
+    last = records[-1] if records else {}
+    return {"step": last.get("step", 0), "tokens": last.get("tokens", 0),
+            "bytes_sent_cum": last.get("bytes_sent_cum", 0), "cpu_s": last.get("cpu_s", 0.0)}
+
+
+def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1) -> dict | None:
+    """Add what the workers did since ``before`` to the metered ``run``; returns the summary."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    records = read_metrics(path) if path.exists() else []
+    records = [r for r in records if r.get("step", 0) > before["step"]]
+    after = progress(run_dir)
+    tokens = max(0, after["tokens"] - before["tokens"])
+    sent = max(0, after["bytes_sent_cum"] - before["bytes_sent_cum"]) * world_size
+    raw = stored = 0
+    for directory in ckpt.complete_checkpoints(run_dir):
+        try:
+            meta = ckpt.read_meta(directory)
+        except Exception:  # noqa: BLE001 - a damaged checkpoint is not storage we can size
+            continue
+        if meta["step"] > before["step"]:
+            for entry in meta["files"].values():
+                raw += entry.get("raw_bytes", entry["bytes"])
+                stored += entry["bytes"]
+    run.add(tokens_read=tokens, bytes_read=tokens, bytes_communicated=sent,
+            bytes_written_raw=raw, bytes_written_stored=stored, machines=machines)
+    run.points = [
+        {k: r[k] for k in ("step", "tokens", "loss", "val_loss", "tokens_per_s", "wall_s", "cpu_s",
+                           "bytes_sent_cum", "mfu") if k in r} | {"event": r.get("event")}
+        for r in records
+    ]
+    summary = None
+    summary_path = run_dir / "run.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("steps", 0) <= before["step"]:
+            summary = None  # left by an earlier invocation
+    info = {"tokens": tokens, "world_size": world_size, "resumed_from_step": before["step"] or None}
+    if summary:
+        info.update({k: summary.get(k) for k in (
+            "strategy", "device", "parameters", "flops_per_token", "mfu", "tokens_per_s", "steps",
+            "final_train_loss", "final_val_loss", "peak_flops_per_worker", "peak_flops_method",
+            "plain_allreduce_bytes_per_worker", "checkpoint", "restarts")})
+        info["config"] = summary.get("config")
+        info["flops"] = summary["flops_per_token"] * tokens
+        info["syncs"] = summary.get("syncs")
+        info["bytes_sent_per_worker"] = sent / world_size
+        if summary.get("device") == "cuda":
+            key = accelerator_key(summary.get("peak_flops_method", ""))
+            run.reserve(key, world_size)
+    run.info.update(info)
+    return summary
