@@ -50,7 +50,7 @@ def test_estimate_inference_comm_and_prices_override(tmp_path: Path):
     (["estimate", "train", "--layers", "2", "--d-model", "64", "--heads", "2"], "--tokens is needed"),
     (["estimate", "train", "--model", "llama2-7b", "--mfu", "2"], "--mfu must be in (0, 1]"),
     (["estimate", "train", "--model", "llama2-7b", "--accelerator", "tpu-v5e"], None),
-    (["estimate", "comm", "--model", "llama2-7b", "--interconnect", "carrier-pigeon"], "unknown interconnect"),
+    (["estimate", "comm", "--model", "llama2-7b", "--interconnect", "pigeon"], "unknown interconnect"),
     (["estimate", "inference", "--model", "llama2-7b", "--batch", "0"], "--batch and --count"),
     (["prices", "--prices", "/no/such.toml"], "no such file"),
     (["report", "999999"], "no run '999999'"),
@@ -66,8 +66,8 @@ def test_bad_input_is_one_line(args, fragment):
 def test_bad_price_file_names_the_entry(tmp_path: Path):
     bad = tmp_path / "p.toml"
     bad.write_text("[storage]\nhot_usd_per_gb_month = 'free'\n")
-    assert_one_line_error(thrifty("estimate", "train", "--model", "llama2-7b", "--prices", str(bad), check=False),
-                          "storage.hot_usd_per_gb_month: expected a number")
+    proc = thrifty("estimate", "train", "--model", "llama2-7b", "--prices", str(bad), check=False)
+    assert_one_line_error(proc, "storage.hot_usd_per_gb_month: expected a number")
 
 
 def test_compress_is_metered(tmp_path: Path):
@@ -81,14 +81,16 @@ def test_compress_is_metered(tmp_path: Path):
     assert [r["kind"] for r in runs] == ["compress", "decompress"]
     stored = (tmp_path / "data.bin.thz").stat().st_size
     c, d = runs[0]["usage"], runs[1]["usage"]
-    assert (c["bytes_read"], c["bytes_written_raw"], c["bytes_written_stored"]) == (1_600_000, 1_600_000, stored)
+    assert (c["bytes_read"], c["bytes_written_raw"]) == (1_600_000, 1_600_000)
+    assert c["bytes_written_stored"] == stored
     assert (d["bytes_read"], d["bytes_written_stored"]) == (stored, 1_600_000)
     assert runs[0]["costs"]["storage"]["usd"] == pytest.approx(stored / 1e9 * 0.023)
     # streams are metered too
     with open(src, "rb") as stdin:
         subprocess.run([sys.executable, "-m", "thrifty", "compress", "-", "-o", str(tmp_path / "s.thz")],
                        stdin=stdin, env={**os.environ, **env}, check=True, capture_output=True)
-    assert json.loads(thrifty("runs", "--json", "--last", "1", env=env).stdout)[0]["usage"]["bytes_read"] == 1_600_000
+    last = json.loads(thrifty("runs", "--json", "--last", "1", env=env).stdout)[0]
+    assert last["usage"]["bytes_read"] == 1_600_000
 
 
 def test_ledger_off_records_nothing(tmp_path: Path):

@@ -39,6 +39,9 @@ def test_memory_sharding_and_activation_checkpointing():
     assert m3["weights"] + m3["gradients"] + m3["optimizer"] == pytest.approx(16 * shape.params() / 512)
     assert m3["activations"] < plain["activations"] / 10
     assert zero3["memory_fits"] is True
+    options = {(o["zero_stage"], o["activation_checkpointing"]): o["total"] for o in zero3["memory_options"]}
+    assert options[3, True] == pytest.approx(m3["total"])
+    assert options[0, False] > options[1, False] > options[2, False] > options[3, False] > options[3, True]
     assert est.train(shape, 1e9, acc, 512, BOOK)["memory_fits"] is False
     with pytest.raises(ThriftyError, match="--zero"):
         est.train(shape, 1e9, acc, 8, BOOK, zero_stage=4)

@@ -24,6 +24,7 @@ def test_metered_run_measures_records_and_prices(tmp_path: Path):
     assert row["kind"] == "test" and row["status"] == "ok" and row["run_dir"] == str(tmp_path)
     u = Usage.from_dict(row["usage"])
     assert u.wall_s > 0 and u.cpu_s > 0.05
+    assert u.cpu_s == pytest.approx(u.cpu_self_s + u.cpu_children_s) and u.cpu_self_s > 0.05
     assert u.energy_method.startswith("estimate: CPU-seconds x 5 W per core")
     assert u.energy_kwh == pytest.approx(u.cpu_s * 5 / 3.6e6)
     assert u.peak_memory_bytes > 10 << 20

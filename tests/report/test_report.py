@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import thrifty, train_tiny
+from tests.conftest import assert_one_line_error, thrifty, train_tiny
 from thrifty.report.html import pareto_front
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,8 @@ def test_html_report_is_self_contained_and_every_plot_renders_in_chromium(ledger
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "@import" not in page and "url(http" not in page
     figures = re.findall(r"<figure class='plot' id='([^']+)'", page)
-    assert figures == ["cost-by-driver", "loss-vs-cost", "throughput", "bytes-per-strategy", "quality-vs-cost"]
+    assert figures == ["cost-by-driver", "loss-vs-cost", "throughput", "bytes-per-strategy",
+                       "quality-vs-cost"]
 
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -89,3 +90,16 @@ def test_pareto_front():
     points = [(1.0, 3.0), (2.0, 2.0), (3.0, 2.5), (4.0, 1.0), (2.0, 2.2), (0.5, 3.5)]
     assert pareto_front(points) == [5, 0, 1, 3]
     assert pareto_front([(1.0, 1.0)]) == [0]
+
+
+def test_a_measured_run_projected_onto_a_cluster(ledger):
+    ddp = json.loads(thrifty("runs", "--json", env=ledger["env"]).stdout)[0]
+    args = ["estimate", "project", str(ddp["id"]), "--accelerator", "h100-sxm", "--count", "16",
+            "--interconnect", "ib-ndr"]
+    p = json.loads(thrifty(*args, "--json", env=ledger["env"]).stdout)
+    assert p["flops"] == ddp["info"]["flops"] and p["syncs"] == ddp["info"]["syncs"] > 0
+    assert p["compute_s"] == pytest.approx(ddp["info"]["flops"] / (16 * 989e12 * 0.40))
+    assert p["charges"]["compute"]["usd"] == pytest.approx(p["wall_s"] * 16 / 3600 * 3.00)
+    assert "projected onto 16 x h100-sxm" in thrifty(*args, env=ledger["env"]).stdout
+    assert_one_line_error(thrifty("estimate", "project", "3", env=ledger["env"], check=False),
+                          "only training runs can be projected")

@@ -183,7 +183,13 @@ def _train_text(r: dict) -> str:
         ("checkpoint", f"{fmt_bytes(r['checkpoint_bytes']['weights_bf16'])} weights (bf16), "
                        f"{fmt_bytes(r['checkpoint_bytes']['training_state'])} with optimizer state"),
     ]
-    return "estimate (training)\n" + table(rows) + f"\nmethod: {r['method']}"
+    memory = {(o["zero_stage"], o["activation_checkpointing"]): o["total"] for o in r["memory_options"]}
+    grid = [(f"ZeRO {stage}" + (" (FSDP)" if stage == 3 else ""), fmt_bytes(memory[stage, False]),
+             fmt_bytes(memory[stage, True])) for stage in range(4)]
+    return ("estimate (training)\n" + table(rows) + "\n\nmemory per accelerator, "
+            f"{r['count']:,}-way sharding, micro-batch {r['micro_batch']}\n"
+            + table(grid, ("", "no checkpointing", "activation checkpointing"))
+            + f"\nmethod: {r['method']}")
 
 
 def _inference_text(r: dict) -> str:

@@ -143,6 +143,12 @@ def train(shape: Shape, tokens: float, acc: Accelerator, count: int, book: Price
     states = model_state_bytes(shape.params(), zero_stage, count)
     activations = activation_bytes(shape, micro_batch, checkpointing, flash)
     per_device = sum(states.values()) + activations
+    options = [
+        {"zero_stage": stage, "activation_checkpointing": ckpt,
+         "total": sum(model_state_bytes(shape.params(), stage, count).values())
+                  + activation_bytes(shape, micro_batch, ckpt, flash)}
+        for stage in (0, 1, 2, 3) for ckpt in (False, True)
+    ]
     out = {
         "model": shape.name, "params": shape.params(), "matmul_params": shape.matmul_params(),
         "tokens": tokens, "flops_per_token": flops_per_token, "flops": flops,
@@ -150,6 +156,7 @@ def train(shape: Shape, tokens: float, acc: Accelerator, count: int, book: Price
         "accelerator_hours": acc_hours, "wall_hours": acc_hours / count,
         "memory_per_accelerator": {**states, "activations": activations, "total": per_device},
         "memory_fits": None if acc.memory_gb is None else per_device <= acc.memory_gb * 1e9,
+        "memory_options": options,
         "zero_stage": zero_stage, "activation_checkpointing": checkpointing, "micro_batch": micro_batch,
         "checkpoint_bytes": {"weights_bf16": 2 * shape.params(),
                              "training_state": 14 * shape.params()},

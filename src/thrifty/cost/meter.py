@@ -28,7 +28,9 @@ from thrifty.cost import prices as prices_lib
 @dataclass
 class Usage:
     wall_s: float = 0.0
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # cpu_self_s + cpu_children_s, unless a trainer reported its ranks' sum
+    cpu_self_s: float = 0.0
+    cpu_children_s: float = 0.0
     cpu_method: str = "getrusage: this process and its children"
     cores: int = 1
     accelerator_s: dict[str, float] = field(default_factory=dict)  # price-book key -> seconds
@@ -133,10 +135,11 @@ class Run:
                 setattr(self.usage, key, getattr(self.usage, key) + value)
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds() -> tuple[float, float]:
+    """(this process, its finished children), user + system."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def _peak_rss() -> int:
@@ -188,7 +191,9 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
     finally:
         u = run.usage
         u.wall_s = time.perf_counter() - t0
-        u.cpu_s = _cpu_seconds() - cpu0
+        cpu1 = _cpu_seconds()
+        u.cpu_self_s, u.cpu_children_s = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        u.cpu_s = u.cpu_self_s + u.cpu_children_s
         for device, count in run.reserved.items():
             u.accelerator_s[device] = u.accelerator_s.get(device, 0.0) + count * u.wall_s
         if run.cpu_override:
