@@ -124,3 +124,19 @@ def test_runs_are_found_by_id_uid_prefix_and_directory(tmp_path: Path):
     assert ledger.get(str(tmp_path / "a"))["id"] == run.id
     with pytest.raises(ThriftyError, match="no run 'nope'"):
         ledger.get("nope")
+
+
+def test_a_stored_price_book_is_used_as_it_was(tmp_path: Path):
+    old = prices.merge(BOOK.data, {"people": {"usd_per_hour": 10.0}}, "test")
+    del old["network"]  # a book stored before this section existed
+    old["retired"] = {"x": 1}  # and one with an entry today's book no longer has
+    book = prices.from_data(old)
+    assert book["people"]["usd_per_hour"] == 10.0
+    assert book["network"] == BOOK["network"]
+    charges(Usage(cpu_s=1.0), book)  # prices without complaint
+
+
+def test_reading_a_ledger_that_does_not_exist_is_an_error_not_a_new_file(tmp_path: Path):
+    with pytest.raises(ThriftyError, match="no ledger at .*nothing has been recorded"):
+        ledger_lib.open_ledger(tmp_path / "none.sqlite")
+    assert not (tmp_path / "none.sqlite").exists()

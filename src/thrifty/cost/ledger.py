@@ -64,10 +64,12 @@ def default() -> Ledger | None:
 
 
 def open_ledger(path: str | Path | None) -> Ledger:
-    """The ledger named by ``--ledger`` or the default one; an error if recording is off."""
+    """An existing ledger to read: the one named by ``--ledger``, or the default one."""
     path = Path(path) if path else default_path()
     if path is None:
         raise ThriftyError("the ledger is off (THRIFTY_LEDGER=off); name one with --ledger FILE")
+    if not path.is_file():
+        raise ThriftyError(f"no ledger at {path}: nothing has been recorded there yet")
     return Ledger(path)
 
 

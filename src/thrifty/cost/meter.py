@@ -114,8 +114,7 @@ class Run:
         self.info: dict = {}
         self.points: list[dict] = []
         self.status = "ok"
-        self.cpu_override: tuple[float, str] | None = None
-        self.energy_override: tuple[float, str] | None = None
+        self.cpu_override: tuple[float, str] | None = None  # (seconds, method) from a trainer
         self.id: int | None = None
         self.reserved: dict[str, int] = {}
 
@@ -166,7 +165,7 @@ def estimated_energy_kwh(usage: Usage, book: prices_lib.PriceBook) -> tuple[floa
 
 @contextlib.contextmanager
 def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | None = None,
-                book: prices_lib.PriceBook | None = None, ledger=None, record: bool = True):
+                book: prices_lib.PriceBook | None = None, ledger=None):
     """Meter the body; on exit price it and write it to the ledger (``ledger`` or the default).
 
     A body that raises is still recorded, with status ``failed``: what it used was spent.
@@ -207,13 +206,12 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
         if nvml0 is not None:
             measured += sum(b - a for a, b in zip(nvml0, nvml.millijoules(), strict=True)) / 1e3
             methods.append("NVML: total energy of every visible GPU")
-        if run.energy_override:
-            u.energy_kwh, u.energy_method = run.energy_override
-        elif methods:
+        if methods:
             u.energy_kwh, u.energy_method = measured / 3.6e6, "measured: " + "; ".join(methods)
         else:
             u.energy_kwh, u.energy_method = estimated_energy_kwh(u, book)
-        if record:
+        target = ledger if ledger is not None else ledger_lib.default()
+        if target is not None:
             entry = {
                 "uid": run.uid, "kind": kind, "name": run.name, "status": run.status,
                 "started_at": started_at.isoformat(timespec="seconds"),
@@ -222,6 +220,4 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
                 "run_dir": run.run_dir, "usage": u.to_dict(), "prices": book.data,
                 "info": run.info, "points": run.points,
             }
-            target = ledger if ledger is not None else ledger_lib.default()
-            if target is not None:
-                run.id = target.record(entry)
+            run.id = target.record(entry)

@@ -140,8 +140,17 @@ def load(path: str | Path | None = None, *, use_user_file: bool = True) -> Price
 
 
 def from_data(data: dict) -> PriceBook:
-    """A price book stored with a run, checked against today's shape."""
-    return PriceBook(merge(shipped(), data, "stored price book"))
+    """A price book stored with a run, as it was; entries it predates come from today's book."""
+    return PriceBook(_fill(copy.deepcopy(data), shipped()))
+
+
+def _fill(data: dict, defaults: dict) -> dict:
+    for key, value in defaults.items():
+        if key not in data:
+            data[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(data[key], dict):
+            _fill(data[key], value)
+    return data
 
 
 def read_file(path: Path) -> dict:
