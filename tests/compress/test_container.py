@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,27 @@ def test_wrong_magic_and_version_are_named():
     blob[8] = 9  # version, little-endian u16 after the 8-byte magic
     with pytest.raises(ThriftyError, match="version 9"):
         compress.decompress_bytes(blob)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_version_1_files_still_read(tmp_path):
+    """A file written by the version-1 writer (commit 569b844): plain header and index JSON."""
+    original = (DATA / "v1-safetensors.safetensors").read_bytes()
+    old = DATA / "v1-safetensors.safetensors.thz"
+    assert old.read_bytes()[8:10] == b"\x01\x00"
+    assert bytes(compress.decompress_bytes(old.read_bytes())) == original
+    from safetensors.torch import load
+
+    expected = load(original)
+    assert torch.equal(compress.read_tensor(old, "w"), expected["w"])
+    archive = compress.open_archive(old)
+    try:
+        assert archive.read(100, 30000) == original[100:30100]  # spans chunks; the index is v1 too
+    finally:
+        archive.f.close()
+    # what is written now is version 2, its header compressed, and reads back the same
+    new = compress.compress_bytes(original, chunk_size=16384)
+    assert new[8:10] == b"\x02\x00"
+    assert bytes(compress.decompress_bytes(new)) == original

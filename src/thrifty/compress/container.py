@@ -2,10 +2,10 @@
 
 The byte layout is specified in docs/format.md. In short::
 
-    header   MAGIC, version, JSON (codec, chunk size, kind, original size, segments), xxh3
+    header   MAGIC, version, zstd-framed JSON (codec, chunk size, kind, size, segments), xxh3
     chunk*   'C', transform, width, planes, raw length, xxh3 of the raw bytes and of the payload,
              per plane (coding, stored length), crc32 of this frame header, then the planes
-    index    'I', JSON (chunk table, original size, xxh3 of the whole original), xxh3
+    index    'I', zstd-framed JSON (chunk table, original size, xxh3 of the original), xxh3
     trailer  offset of the index, END_MAGIC
 
 Every byte is covered by a checksum, so truncation or a flipped bit is found before a byte of
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import xxhash
+import zstandard
 
 from thrifty.compress import codecs, planes
 from thrifty.compress.layouts import Segment
@@ -35,7 +36,8 @@ from thrifty.errors import ThriftyError
 
 MAGIC = b"\x89THZ\r\n\x1a\n"  # PNG's trick: a text-mode transfer or a 7-bit channel breaks it
 END_MAGIC = b"THZ-END\x00"
-VERSION = 1
+VERSION = 2  # written; 1 is still read (its header and index JSON are not compressed)
+READABLE = (1, 2)
 DEFAULT_CHUNK = 1 << 20
 _HEAD = struct.Struct("<8sHI")  # magic, version, JSON length
 _CHUNK = struct.Struct("<BBBBIQQ")  # transform, width, planes, reserved, raw length, xxh3 raw/payload
@@ -194,7 +196,7 @@ def write(
         "original_size": size, "segments": [s.to_json() for s in segments or []],
         "tensors": [t.to_json() for t in tensors or []],
     }
-    hjson = json.dumps(header, separators=(",", ":")).encode()
+    hjson = _pack_json(header)
     dst.write(_HEAD.pack(MAGIC, VERSION, len(hjson)) + hjson + _U64.pack(xxhash.xxh3_64_intdigest(hjson)))
     written = _HEAD.size + len(hjson) + 8
 
@@ -266,7 +268,7 @@ def write(
         raise ThriftyError("input grew while being read")
     stats.original = raw_pos
     index = {"original_size": raw_pos, "xxh3_64": whole.hexdigest(), "chunks": table}
-    ijson = json.dumps(index, separators=(",", ":")).encode()
+    ijson = _pack_json(index)
     tail = b"I" + _U32.pack(len(ijson)) + ijson + _U64.pack(xxhash.xxh3_64_intdigest(ijson))
     tail += _TRAILER.pack(written, END_MAGIC)
     dst.write(tail)
@@ -294,6 +296,20 @@ def segment_firsts(header: dict) -> list[int]:
     return firsts or [0]
 
 
+def _pack_json(obj: dict) -> bytes:
+    """Header and index JSON as stored since version 2: one zstd frame. Tensor names and
+    offsets repeat a lot; a model's header shrinks about tenfold."""
+    return zstandard.ZstdCompressor(level=19).compress(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def _unpack_json(stored: bytes, version: int, name: str, what: str) -> dict:
+    try:
+        raw = bytes(stored) if version == 1 else zstandard.ZstdDecompressor().decompress(stored)
+        return json.loads(raw)
+    except (zstandard.ZstdError, ValueError, UnicodeDecodeError):
+        raise ThriftyError(f"{name}: corrupt {what}") from None
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -313,21 +329,23 @@ class Reader:
             raise ThriftyError(f"{name}: truncated in the header at byte {len(start)}")
         head = start + self._take(_HEAD.size - len(MAGIC), "header")
         magic, version, n = _HEAD.unpack(head)
-        if version != VERSION:
+        if version not in READABLE:
             raise ThriftyError(f"{name}: format version {version} is not supported (this thrifty "
-                               f"reads version {VERSION})")
+                               f"reads versions {', '.join(map(str, READABLE))})")
+        self.version = version
         if n > 1 << 30:
             raise ThriftyError(f"{name}: corrupt header (length {n})")
         hjson = self._take(n, "header")
         (digest,) = _U64.unpack(self._take(8, "header"))
         if xxhash.xxh3_64_intdigest(hjson) != digest:
             raise ThriftyError(f"{name}: corrupt header (checksum mismatch)")
-        self.header = json.loads(bytes(hjson))
+        self.header = _unpack_json(hjson, version, name, "header")
 
     @classmethod
-    def at(cls, f: BinaryIO, name: str, offset: int) -> Reader:
+    def at(cls, f: BinaryIO, name: str, offset: int, version: int = VERSION) -> Reader:
         reader = cls.__new__(cls)
         reader.f, reader.name, reader.pos, reader.index = f, name, offset, None
+        reader.version = version
         f.seek(offset)
         return reader
 
@@ -385,7 +403,7 @@ class Reader:
         (digest,) = _U64.unpack(self._take(8, "index"))
         if xxhash.xxh3_64_intdigest(ijson) != digest:
             raise ThriftyError(f"{self.name}: corrupt index (checksum mismatch)")
-        return json.loads(bytes(ijson))
+        return _unpack_json(ijson, self.version, self.name, "index")
 
     def _index_frame(self, start: int, nchunks: int, raw_total: int) -> None:
         index = self.index_body()
@@ -452,7 +470,8 @@ class Archive:
     def __init__(self, f: BinaryIO, name: str, threads: int = 1):
         self.f, self.name, self.threads = f, name, threads
         f.seek(0)
-        self.header = Reader(f, name).header
+        first = Reader(f, name)
+        self.header, self.version = first.header, first.version
         end = f.seek(0, 2)
         if end < _TRAILER.size:
             raise ThriftyError(f"{name}: truncated (no trailer)")
@@ -460,7 +479,7 @@ class Archive:
         offset, magic = _TRAILER.unpack(f.read(_TRAILER.size))
         if magic != END_MAGIC or offset >= end:
             raise ThriftyError(f"{name}: truncated or corrupt (no valid trailer)")
-        reader = Reader.at(f, name, offset)
+        reader = Reader.at(f, name, offset, self.version)
         if reader._take(1, "index") != b"I":
             raise ThriftyError(f"{name}: corrupt trailer (it does not point at the index)")
         self.index = reader.index_body()
