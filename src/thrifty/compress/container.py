@@ -210,12 +210,28 @@ def write(
     def drain(limit: int) -> None:
         nonlocal written
         while len(pending) > limit:
-            fut, raw_offset, raw_len, seg = pending.popleft()
-            frame = fut.result()
-            table.append([written, raw_offset, raw_len])
-            _account(stats, seg, frame)
-            dst.write(frame)
-            written += len(frame)
+            fut, metas = pending.popleft()
+            for frame, (raw_offset, raw_len, seg) in zip(fut.result(), metas, strict=True):
+                table.append([written, raw_offset, raw_len])
+                _account(stats, seg, frame)
+                dst.write(frame)
+                written += len(frame)
+
+    # Chunks go to the pool in batches of about chunk_size bytes: a checkpoint of many small
+    # tensors is many small chunks, and one task each would cost more in hand-offs than coding.
+    batch: list[tuple[memoryview, int, int]] = []
+    metas: list[tuple[int, int, int]] = []
+    batch_bytes = 0
+
+    def encode_batch(items: list[tuple[memoryview, int, int]]) -> list[bytes]:
+        return [encode_chunk(view, t, w, method, opts.level) for view, t, w in items]
+
+    def flush() -> None:
+        nonlocal batch, metas, batch_bytes
+        if batch:
+            pending.append((pool.submit(encode_batch, batch), metas))
+            batch, metas, batch_bytes = [], [], 0
+            drain(2 * opts.threads)
 
     def pieces() -> Iterator[tuple[int, bytes, int, int]]:
         if segments is None:
@@ -243,7 +259,6 @@ def write(
             if seg != current:  # the first chunk of a segment
                 current = seg
                 chosen = (transform, width)
-                fut: Future = Future()
                 if transform == planes.BYTES:
                     # Integers: byte planes win on ids that look random and lose on id streams
                     # that repeat themselves (token shards), where plain zstd finds the repeats.
@@ -251,16 +266,23 @@ def write(
                     a = encode_chunk(view, transform, width, method, opts.level)
                     b = encode_chunk(view, planes.NONE, 1, method, opts.level)
                     chosen = (transform, width) if len(a) < len(b) else (planes.NONE, 1)
-                    fut.set_result(a if len(a) < len(b) else b)
-                else:
-                    fut = pool.submit(encode_chunk, view, transform, width, method, opts.level)
-            else:
-                fut = pool.submit(encode_chunk, view, *chosen, method, opts.level)
-            pending.append((fut, raw_pos, len(data), seg))
+                    flush()  # frames are written in order
+                    done: Future = Future()
+                    done.set_result([a if len(a) < len(b) else b])
+                    pending.append((done, [(raw_pos, len(data), seg)]))
+                    raw_pos += len(data)
+                    if progress:
+                        progress(len(data))
+                    continue
+            batch.append((view, *chosen))
+            metas.append((raw_pos, len(data), seg))
+            batch_bytes += len(data)
             raw_pos += len(data)
             if progress:
                 progress(len(data))
-            drain(2 * opts.threads)
+            if batch_bytes >= opts.chunk_size:
+                flush()
+        flush()
         drain(0)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
