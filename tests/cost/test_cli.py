@@ -53,7 +53,6 @@ def test_estimate_inference_comm_and_prices_override(tmp_path: Path):
     (["estimate", "comm", "--model", "llama2-7b", "--interconnect", "pigeon"], "unknown interconnect"),
     (["estimate", "inference", "--model", "llama2-7b", "--batch", "0"], "--batch and --count"),
     (["prices", "--prices", "/no/such.toml"], "no such file"),
-    (["report", "999999"], "no run '999999'"),
 ])
 def test_bad_input_is_one_line(args, fragment):
     proc = thrifty(*args, check=False)
@@ -61,6 +60,16 @@ def test_bad_input_is_one_line(args, fragment):
         assert proc.returncode == 0 and "unknown (no TDP)" in proc.stdout
         return
     assert_one_line_error(proc, fragment)
+
+
+def test_report_of_an_unknown_run_or_a_missing_ledger(tmp_path: Path):
+    from thrifty.cost import Ledger
+
+    Ledger(tmp_path / "l.sqlite").close()
+    assert_one_line_error(thrifty("report", "999999", "--ledger", str(tmp_path / "l.sqlite"), check=False),
+                          "no run '999999'")
+    assert_one_line_error(thrifty("runs", "--ledger", str(tmp_path / "none.sqlite"), check=False),
+                          "no ledger at")
 
 
 def test_bad_price_file_names_the_entry(tmp_path: Path):

@@ -25,7 +25,7 @@ def test_metered_run_measures_records_and_prices(tmp_path: Path):
     u = Usage.from_dict(row["usage"])
     assert u.wall_s > 0 and u.cpu_s > 0.05
     assert u.cpu_s == pytest.approx(u.cpu_self_s + u.cpu_children_s) and u.cpu_self_s > 0.05
-    assert u.energy_method.startswith("estimate: CPU-seconds x 5 W per core")
+    assert u.energy_method == "estimate: CPU-seconds x 5 W per core"
     assert u.energy_kwh == pytest.approx(u.cpu_s * 5 / 3.6e6)
     assert u.peak_memory_bytes > 10 << 20
     assert ledger.points(run.id) == run.points
@@ -53,7 +53,7 @@ def test_accelerators_are_charged_per_reserved_wall_second_and_across_machines()
     c = charges(u, BOOK)
     assert c["compute"]["usd"] == pytest.approx(8 * 3.00)  # the host's CPUs come with the GPUs
     assert c["network"]["usd"] == pytest.approx(10 * 0.01)
-    assert meter_lib.estimated_energy_kwh(u, BOOK)[0] == pytest.approx((7200 * 5 + 8 * 3600 * 700) / 3.6e6)
+    assert meter_lib.energy_kwh(u, BOOK)[0] == pytest.approx((7200 * 5 + 8 * 3600 * 700) / 3.6e6)
     reprice = prices.merge(BOOK.data, {"accelerators": {"h100-sxm": {"usd_per_hour": 2.0}}}, "test")
     assert charges(u, prices.PriceBook(reprice))["compute"]["usd"] == pytest.approx(16.0)
 
@@ -140,3 +140,24 @@ def test_reading_a_ledger_that_does_not_exist_is_an_error_not_a_new_file(tmp_pat
     with pytest.raises(ThriftyError, match="no ledger at .*nothing has been recorded"):
         ledger_lib.open_ledger(tmp_path / "none.sqlite")
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_nvml_energy_is_used_when_present(tmp_path: Path, monkeypatch):
+    """With NVIDIA's NVML importable, GPU energy is read from its counters (millijoules)."""
+    import types
+
+    counters = {0: 1_000_000, 1: 5_000_000}
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: counters[h],
+    )
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", fake)
+    ledger = Ledger(tmp_path / "l.sqlite")
+    with metered_run("test", book=BOOK, ledger=ledger) as run:
+        counters[0] += 3_600_000  # 3.6 kJ on GPU 0
+        counters[1] += 7_200_000  # 7.2 kJ on GPU 1
+    u = Usage.from_dict(ledger.get(run.id)["usage"])
+    assert u.energy_method == "estimate: CPU-seconds x 5 W per core; measured: NVML, every visible GPU"
+    assert u.energy_kwh == pytest.approx((10_800 + u.cpu_s * 5) / 3.6e6)

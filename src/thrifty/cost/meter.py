@@ -147,20 +147,32 @@ def _peak_rss() -> int:
     return max(own, kids) * 1024  # Linux reports KiB
 
 
-def estimated_energy_kwh(usage: Usage, book: prices_lib.PriceBook) -> tuple[float, str]:
-    """CPU-seconds x watts per core, plus accelerator-seconds x TDP (an upper bound)."""
-    watts = book["cpu"]["watts_per_core"]
-    joules = usage.cpu_s * watts
-    parts = [f"CPU-seconds x {watts:g} W per core"]
-    for device, seconds in usage.accelerator_s.items():
-        try:
-            tdp = book.accelerator(device).need("tdp_w")
-        except Exception:  # noqa: BLE001 - an unknown device: say so rather than guess
-            parts.append(f"{device}: no TDP on record, not counted")
-            continue
-        joules += seconds * tdp
-        parts.append(f"{device}-seconds x {tdp:g} W TDP (upper bound)")
-    return joules / 3.6e6, "estimate: " + ", ".join(parts)
+def energy_kwh(usage: Usage, book: prices_lib.PriceBook, cpu_joules: float | None = None,
+               gpu_joules: float | None = None) -> tuple[float, str]:
+    """IT energy and how it was obtained. The CPU part is RAPL's reading when there is one,
+    else CPU-seconds x watts per core; the accelerator part is NVML's reading when there is
+    one, else accelerator-seconds x TDP (an upper bound)."""
+    parts = []
+    if cpu_joules is not None:
+        joules = cpu_joules
+        parts.append("measured: RAPL, whole CPU packages (every process on them)")
+    else:
+        watts = book["cpu"]["watts_per_core"]
+        joules = usage.cpu_s * watts
+        parts.append(f"estimate: CPU-seconds x {watts:g} W per core")
+    if gpu_joules is not None:
+        joules += gpu_joules
+        parts.append("measured: NVML, every visible GPU")
+    else:
+        for device, seconds in usage.accelerator_s.items():
+            try:
+                tdp = book.accelerator(device).need("tdp_w")
+            except Exception:  # noqa: BLE001 - an unknown device: say so rather than guess
+                parts.append(f"{device}: no TDP on record, not counted")
+                continue
+            joules += seconds * tdp
+            parts.append(f"estimate: {device}-seconds x {tdp:g} W TDP (upper bound)")
+    return joules / 3.6e6, "; ".join(parts)
 
 
 @contextlib.contextmanager
@@ -198,18 +210,12 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
         if run.cpu_override:
             u.cpu_s, u.cpu_method = run.cpu_override
         u.peak_memory_bytes = max(u.peak_memory_bytes, _peak_rss())
-        measured, methods = 0.0, []
         rapl1 = _rapl_read(zones) if rapl0 is not None else None
-        if rapl1 is not None:
-            measured += _rapl_joules(zones, rapl0, rapl1)
-            methods.append("RAPL: whole CPU packages (every process on them)")
+        cpu_j = _rapl_joules(zones, rapl0, rapl1) if rapl1 is not None else None
+        gpu_j = None
         if nvml0 is not None:
-            measured += sum(b - a for a, b in zip(nvml0, nvml.millijoules(), strict=True)) / 1e3
-            methods.append("NVML: total energy of every visible GPU")
-        if methods:
-            u.energy_kwh, u.energy_method = measured / 3.6e6, "measured: " + "; ".join(methods)
-        else:
-            u.energy_kwh, u.energy_method = estimated_energy_kwh(u, book)
+            gpu_j = sum(b - a for a, b in zip(nvml0, nvml.millijoules(), strict=True)) / 1e3
+        u.energy_kwh, u.energy_method = energy_kwh(u, book, cpu_j, gpu_j)
         target = ledger if ledger is not None else ledger_lib.default()
         if target is not None:
             entry = {
