@@ -90,3 +90,6 @@ def test_projecting_a_measured_run():
     assert p["usage"]["machines"] == 2
     with pytest.raises(ThriftyError, match="only training runs"):
         est.project({"id": 1, "kind": "compress", "usage": {}, "info": {}}, acc, 1, link, BOOK)
+    with pytest.raises(ThriftyError, match="no training summary .it ended stopped"):
+        stopped = {"id": 2, "kind": "train", "status": "stopped", "usage": {}, "info": {}}
+        est.project(stopped, acc, 1, link, BOOK)

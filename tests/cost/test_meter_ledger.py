@@ -52,7 +52,9 @@ def test_accelerators_are_charged_per_reserved_wall_second_and_across_machines()
               bytes_communicated=10**10, machines=2)
     c = charges(u, BOOK)
     assert c["compute"]["usd"] == pytest.approx(8 * 3.00)  # the host's CPUs come with the GPUs
-    assert c["network"]["usd"] == pytest.approx(10 * 0.01)
+    assert c["network"]["usd"] == 0  # collectives inside a cluster: the time is the cost
+    across = prices.merge(BOOK.data, {"network": {"collectives_usd_per_gb": 0.02}}, "test")
+    assert charges(u, prices.PriceBook(across))["network"]["usd"] == pytest.approx(10 * 0.02)
     assert meter_lib.energy_kwh(u, BOOK)[0] == pytest.approx((7200 * 5 + 8 * 3600 * 700) / 3.6e6)
     reprice = prices.merge(BOOK.data, {"accelerators": {"h100-sxm": {"usd_per_hour": 2.0}}}, "test")
     assert charges(u, prices.PriceBook(reprice))["compute"]["usd"] == pytest.approx(16.0)

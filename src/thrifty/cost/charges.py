@@ -58,12 +58,11 @@ def charges(usage: Usage, book: PriceBook, region: str | None = None) -> dict:
                                f"({fmt_bytes(usage.bytes_written_raw)} raw) x "
                                f"${month_price:g}/GB-month ({tier}) x {s['retention_months']:g} months"}
 
-    net_price = book["network"]["usd_per_gb"]
-    sent_gb = usage.bytes_communicated / GB
+    net_price = book["network"]["collectives_usd_per_gb"]
     if usage.machines > 1:
-        out["network"] = {"usd": sent_gb * net_price, "kwh": 0.0, "kg_co2": 0.0,
+        out["network"] = {"usd": usage.bytes_communicated / GB * net_price, "kwh": 0.0, "kg_co2": 0.0,
                           "basis": f"{fmt_bytes(usage.bytes_communicated)} between {usage.machines} machines "
-                                   f"x ${net_price:g}/GB"}
+                                   f"x ${net_price:g}/GB (inside a cluster its cost is the time it takes)"}
     else:
         out["network"] = {"usd": 0.0, "kwh": 0.0, "kg_co2": 0.0,
                           "basis": f"{fmt_bytes(usage.bytes_communicated)} within one machine "

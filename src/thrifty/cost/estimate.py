@@ -274,8 +274,11 @@ def project(run: dict, acc: Accelerator, count: int, link: Interconnect, book: P
     from thrifty.cost.meter import Usage
 
     info, usage = run["info"], Usage.from_dict(run["usage"])
-    if "flops" not in info:
+    if run["kind"] != "train":
         raise ThriftyError(f"run {run['id']} is a {run['kind']} run; only training runs can be projected")
+    if "flops" not in info:
+        raise ThriftyError(f"run {run['id']} has no training summary (it ended {run.get('status')}); "
+                           "project a run that finished")
     mfu = book.mfu if mfu is None else mfu
     peak = acc.need("bf16_tflops") * 1e12
     compute_s = info["flops"] / (count * peak * mfu)
