@@ -107,3 +107,14 @@ def test_ledger_off_records_nothing(tmp_path: Path):
     src.write_bytes(b"x" * 1000)
     thrifty("compress", str(src), env={"THRIFTY_LEDGER": "off"})
     assert_one_line_error(thrifty("runs", env={"THRIFTY_LEDGER": "off"}, check=False), "the ledger is off")
+
+
+def test_a_damaged_ledger_warns_but_the_work_stands(tmp_path: Path):
+    ledger = tmp_path / "ledger.sqlite"
+    ledger.write_bytes(b"not a database at all" * 100)
+    src = tmp_path / "x.bin"
+    src.write_bytes(b"abc" * 10_000)
+    proc = thrifty("compress", str(src), env={"THRIFTY_LEDGER": str(ledger)})
+    assert (tmp_path / "x.bin.thz").exists()
+    assert "thrifty: warning: the run was not recorded in the ledger" in proc.stderr
+    assert ledger.read_bytes() == b"not a database at all" * 100  # and it was not touched

@@ -32,7 +32,7 @@ class Usage:
     cpu_self_s: float = 0.0
     cpu_children_s: float = 0.0
     cpu_method: str = "getrusage: this process and its children"
-    cores: int = 1
+    cores: int = 1  # CPU cores this process could use
     accelerator_s: dict[str, float] = field(default_factory=dict)  # price-book key -> seconds
     energy_kwh: float = 0.0  # IT energy, before the data centre's PUE
     energy_method: str = ""
@@ -106,9 +106,8 @@ class Run:
     """A run being metered: add counters with ``add``, attach facts with ``info`` and a time
     series with ``points``."""
 
-    def __init__(self, kind: str, name: str, run_dir: str | None, book: prices_lib.PriceBook):
-        self.kind, self.name, self.run_dir = kind, name, run_dir
-        self.book = book
+    def __init__(self, name: str, run_dir: str | None):
+        self.name, self.run_dir = name, run_dir
         self.uid = uuid.uuid4().hex
         self.usage = Usage(cores=len(os.sched_getaffinity(0)))
         self.info: dict = {}
@@ -182,10 +181,8 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
 
     A body that raises is still recorded, with status ``failed``: what it used was spent.
     """
-    from thrifty.cost import ledger as ledger_lib
-
     book = book or prices_lib.load()
-    run = Run(kind, name or kind, str(run_dir) if run_dir else None, book)
+    run = Run(name or kind, str(run_dir) if run_dir else None)
     started_at = dt.datetime.now(dt.UTC)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     zones = _rapl_packages()
@@ -216,14 +213,28 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
         if nvml0 is not None:
             gpu_j = sum(b - a for a, b in zip(nvml0, nvml.millijoules(), strict=True)) / 1e3
         u.energy_kwh, u.energy_method = energy_kwh(u, book, cpu_j, gpu_j)
+        entry = {
+            "uid": run.uid, "kind": kind, "name": run.name, "status": run.status,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "ended_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "host": socket.gethostname(), "command": " ".join(["thrifty", *sys.argv[1:]]),
+            "run_dir": run.run_dir, "usage": u.to_dict(), "prices": book.data,
+            "info": run.info, "points": run.points,
+        }
+        _record(entry, run, ledger)
+
+
+def _record(entry: dict, run: Run, ledger) -> None:
+    """Write the run to the ledger. The work is done by now: a ledger that cannot take it (a
+    damaged file, a newer schema, a full disk) is warned about, never a reason to fail."""
+    import sqlite3
+
+    from thrifty.cost import ledger as ledger_lib
+    from thrifty.errors import ThriftyError
+
+    try:
         target = ledger if ledger is not None else ledger_lib.default()
         if target is not None:
-            entry = {
-                "uid": run.uid, "kind": kind, "name": run.name, "status": run.status,
-                "started_at": started_at.isoformat(timespec="seconds"),
-                "ended_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "host": socket.gethostname(), "command": " ".join(["thrifty", *sys.argv[1:]]),
-                "run_dir": run.run_dir, "usage": u.to_dict(), "prices": book.data,
-                "info": run.info, "points": run.points,
-            }
             run.id = target.record(entry)
+    except (ThriftyError, sqlite3.Error, OSError) as exc:
+        print(f"thrifty: warning: the run was not recorded in the ledger: {exc}", file=sys.stderr)
