@@ -61,26 +61,24 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s / 86400:,.1f} days"
 
 
-def fmt_energy(kwh: float | None) -> str:
-    if kwh is None:
+def _scaled(value: float | None, units: list[tuple[float, str, str]]) -> str:
+    """``value`` in the first of ``units`` (size, name, format) it reaches; the last one
+    catches the rest."""
+    if value is None:
         return "n/a"
-    if kwh >= 1e6:
-        return f"{kwh / 1e6:,.2f} GWh"
-    if kwh >= 1e3:
-        return f"{kwh / 1e3:,.1f} MWh"
-    if kwh >= 1:
-        return f"{kwh:,.2f} kWh"
-    return f"{kwh * 1000:.3g} Wh"
+    for size, name, spec in units:
+        if abs(value) >= size or name == units[-1][1]:
+            return f"{value / size:{spec}} {name}"
+    return str(value)  # pragma: no cover
+
+
+def fmt_energy(kwh: float | None) -> str:
+    return _scaled(kwh, [(1e6, "GWh", ",.2f"), (1e3, "MWh", ",.1f"), (1.0, "kWh", ",.2f"),
+                         (1e-3, "Wh", ".3g")])
 
 
 def fmt_co2(kg: float | None) -> str:
-    if kg is None:
-        return "n/a"
-    if kg >= 1000:
-        return f"{kg / 1000:,.1f} t"
-    if kg >= 1:
-        return f"{kg:,.2f} kg"
-    return f"{kg * 1000:.3g} g"
+    return _scaled(kg, [(1e3, "t", ",.1f"), (1.0, "kg", ",.2f"), (1e-3, "g", ".3g")])
 
 
 def cost_table(costs: dict) -> str:
