@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import assert_one_line_error, thrifty, train_tiny
 from thrifty.report.html import pareto_front
+from thrifty.report.terminal import fmt_bytes
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
@@ -38,8 +39,14 @@ def test_terminal_report_by_driver_and_against_estimates(ledger):
     assert diloco["usage"]["bytes_communicated"] < ddp["usage"]["bytes_communicated"] / 2
     text = thrifty("report", str(ddp["id"]), str(diloco["id"]), env=ledger["env"]).stdout
     for word in ("compute", "data", "storage", "network", "people", "total", "measured vs estimated",
-                 "training time (estimate at 40% MFU)", "bytes communicated (vs plain all-reduce)"):
+                 "training time (estimate at 40% MFU)", "bytes communicated (vs plain all-reduce)",
+                 "saved by compression:", "saved by the strategy:"):
         assert word in text, word
+    # DiLoCo's saving, as the report states it, is what plain all-reduce would have sent less
+    # what it did send
+    plain = diloco["info"]["plain_allreduce_bytes_per_worker"] * 2
+    saved = plain - diloco["usage"]["bytes_communicated"]
+    assert f"saved by the strategy: {fmt_bytes(saved)} less communicated" in text
     listing = thrifty("runs", env=ledger["env"]).stdout
     assert "diloco" in listing and "compress" in listing
 

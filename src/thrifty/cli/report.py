@@ -97,8 +97,35 @@ def _run_text(r: dict, book: prices_lib.PriceBook | None) -> str:
     if compare:
         lines.append("")
         lines.append(table(compare, ("measured vs estimated", "measured", "estimate", "ratio")))
+    used = book or prices_lib.from_data(r["prices"])
+    lines += [f"saved by {line}" for line in _savings(r, used)]
     lines.append(f"energy: {u['energy_method']}; CPU: {u['cpu_method']}")
     return "\n".join(lines)
+
+
+def _savings(r: dict, book: prices_lib.PriceBook) -> list[str]:
+    """What the run's levers saved, measured against doing without them."""
+    u, info = r["usage"], r["info"]
+    out = []
+    saved = u["bytes_written_raw"] - u["bytes_written_stored"]
+    if u["bytes_written_raw"] and saved > 0:
+        s = book["storage"]
+        price = s[f"{s['tier']}_usd_per_gb_month"]
+        usd = saved / 1e9 * price * s["retention_months"]
+        out.append(f"compression: {fmt_bytes(saved)} less stored ({saved / u['bytes_written_raw']:.0%}), "
+                   f"{fmt_usd(usd)} over {s['retention_months']:g} month(s) at ${price:g}/GB-month")
+    workers = info.get("world_size") or 1
+    plain = (info.get("plain_allreduce_bytes_per_worker") or 0) * workers
+    if info.get("steps") and info.get("resumed_from_step"):
+        plain *= (info["steps"] - info["resumed_from_step"]) / info["steps"]
+    if workers > 1 and plain > u["bytes_communicated"]:
+        link = book.interconnect("10gbe")
+        per_worker = (plain - u["bytes_communicated"]) / workers
+        seconds = 2 * (workers - 1) / workers * per_worker / link.bytes_per_s
+        out.append(f"the strategy: {fmt_bytes(plain - u['bytes_communicated'])} less communicated than "
+                   f"plain all-reduce, {fmt_seconds(seconds)} of transfer on {link.name} links "
+                   "(ring all-reduce model)")
+    return out
 
 
 def _measured_vs_estimated(r: dict, book: prices_lib.PriceBook) -> list[tuple]:
