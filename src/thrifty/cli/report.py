@@ -115,9 +115,7 @@ def _savings(r: dict, book: prices_lib.PriceBook) -> list[str]:
         out.append(f"compression: {fmt_bytes(saved)} less stored ({saved / u['bytes_written_raw']:.0%}), "
                    f"{fmt_usd(usd)} over {s['retention_months']:g} month(s) at ${price:g}/GB-month")
     workers = info.get("world_size") or 1
-    plain = (info.get("plain_allreduce_bytes_per_worker") or 0) * workers
-    if info.get("steps") and info.get("resumed_from_step"):
-        plain *= (info["steps"] - info["resumed_from_step"]) / info["steps"]
+    plain = info.get("plain_allreduce_bytes") or 0
     if workers > 1 and plain > u["bytes_communicated"]:
         link = book.interconnect("10gbe")
         per_worker = (plain - u["bytes_communicated"]) / workers
@@ -143,10 +141,8 @@ def _measured_vs_estimated(r: dict, book: prices_lib.PriceBook) -> list[tuple]:
                      fmt_seconds(estimate), ratio(measured, estimate)))
     if info.get("mfu") is not None:
         rows.append(("MFU", f"{info['mfu']:.1%}", f"{book.mfu:.0%}", ratio(info["mfu"], book.mfu)))
-    if info.get("plain_allreduce_bytes_per_worker"):
-        plain = info["plain_allreduce_bytes_per_worker"] * (info.get("world_size") or 1)
-        if info.get("steps") and info.get("resumed_from_step"):
-            plain *= (info["steps"] - info["resumed_from_step"]) / info["steps"]
+    plain = info.get("plain_allreduce_bytes")
+    if plain:
         rows.append(("bytes communicated (vs plain all-reduce)", fmt_bytes(u["bytes_communicated"]),
                      fmt_bytes(plain), ratio(u["bytes_communicated"], plain)))
     if u["bytes_written_raw"] and u["bytes_written_stored"] != u["bytes_written_raw"]:

@@ -125,7 +125,8 @@ def run(argv: list[str]) -> int:
             raise
         if accounting.absorb(metered, run_dir, before, world_size=args.nproc) is None:
             metered.status = "stopped"  # run.stop_after: the run continues with --resume
-    where = f"ledger run {metered.id}" if metered.id is not None else "ledger off"
-    print(f"\ncost ({where}; thrifty report {metered.id or ''} for more)\n"
+    where = (f"ledger run {metered.id}; thrifty report {metered.id} for more" if metered.id is not None
+             else "not recorded in a ledger")
+    print(f"\ncost ({where})\n"
           + cost_table(charges(metered.usage, book)), flush=True)
     return 0

@@ -76,24 +76,24 @@ class Shape:
 # Public architecture facts. Llama: the model cards and papers (Touvron et al. 2023, Llama 2,
 # table 1 and the released configs; Dubey et al. 2024, The Llama 3 herd of models, table 3).
 # GPT-3: Brown et al. 2020, table 2.1 (300B training tokens, section 2.2).
+_LLAMA2 = dict(vocab=32000, seq_len=4096, tokens=2e12,
+               source="Touvron et al. 2023 (Llama 2), table 1; released config")
+_LLAMA31 = dict(vocab=128256, seq_len=8192, tokens=15e12,
+                source="Dubey et al. 2024 (Llama 3), table 3; model card: 15T+ tokens")
 PRESETS: dict[str, Shape] = {
     s.name: s
     for s in [
         Shape("gpt3-175b", 96, 12288, 96, 96, 4 * 12288, 50257, 2048, gated_mlp=False,
               tied_embeddings=True, learned_positions=True, tokens=300e9,
               source="Brown et al. 2020, table 2.1"),
-        Shape("llama2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, tokens=2e12,
-              source="Touvron et al. 2023 (Llama 2), table 1; released config"),
-        Shape("llama2-13b", 40, 5120, 40, 40, 13824, 32000, 4096, tokens=2e12,
-              source="Touvron et al. 2023 (Llama 2), table 1; released config"),
-        Shape("llama2-70b", 80, 8192, 64, 8, 28672, 32000, 4096, tokens=2e12,
-              source="Touvron et al. 2023 (Llama 2), table 1; released config"),
-        Shape("llama3.1-8b", 32, 4096, 32, 8, 14336, 128256, 8192, tokens=15e12,
-              source="Dubey et al. 2024 (Llama 3), table 3; model card: 15T+ tokens"),
-        Shape("llama3.1-70b", 80, 8192, 64, 8, 28672, 128256, 8192, tokens=15e12,
-              source="Dubey et al. 2024 (Llama 3), table 3; model card: 15T+ tokens"),
-        Shape("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 8192, tokens=15.6e12,
-              source="Dubey et al. 2024 (Llama 3), table 3 and section 3.3: 15.6T tokens"),
+        Shape("llama2-7b", 32, 4096, 32, 32, 11008, **_LLAMA2),
+        Shape("llama2-13b", 40, 5120, 40, 40, 13824, **_LLAMA2),
+        Shape("llama2-70b", 80, 8192, 64, 8, 28672, **_LLAMA2),
+        Shape("llama3.1-8b", 32, 4096, 32, 8, 14336, **_LLAMA31),
+        Shape("llama3.1-70b", 80, 8192, 64, 8, 28672, **_LLAMA31),
+        Shape("llama3.1-405b", 126, 16384, 128, 8, 53248, **{
+            **_LLAMA31, "tokens": 15.6e12,
+            "source": "Dubey et al. 2024 (Llama 3), table 3 and section 3.3: 15.6T tokens"}),
     ]
 }
 
@@ -166,10 +166,15 @@ def train(shape: Shape, tokens: float, acc: Accelerator, count: int, book: Price
     return out
 
 
+def energy_kwh(acc: Accelerator, acc_hours: float, pue: float) -> float:
+    """Accelerator-hours at the data-sheet TDP, times the data centre's PUE (an upper bound)."""
+    return acc_hours * acc.need("tdp_w") / 1000 * pue
+
+
 def _energy_money(acc: Accelerator, acc_hours: float, book: PriceBook, region: str | None) -> dict:
     out = {}
     if acc.tdp_w is not None:
-        kwh = acc_hours * acc.tdp_w / 1000 * book.pue
+        kwh = energy_kwh(acc, acc_hours, book.pue)
         out["energy_kwh"] = kwh
         out["co2_tonnes"] = kwh * book.carbon_g_per_kwh(region) / 1e6
     else:

@@ -133,7 +133,7 @@ class Run:
                 setattr(self.usage, key, getattr(self.usage, key) + value)
 
 
-def _cpu_seconds() -> tuple[float, float]:
+def process_cpu_seconds() -> tuple[float, float]:
     """(this process, its finished children), user + system."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -184,7 +184,7 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
     book = book or prices_lib.load()
     run = Run(name or kind, str(run_dir) if run_dir else None)
     started_at = dt.datetime.now(dt.UTC)
-    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    t0, cpu0 = time.perf_counter(), process_cpu_seconds()
     zones = _rapl_packages()
     rapl0 = _rapl_read(zones) if zones else None
     nvml = None
@@ -199,7 +199,7 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
     finally:
         u = run.usage
         u.wall_s = time.perf_counter() - t0
-        cpu1 = _cpu_seconds()
+        cpu1 = process_cpu_seconds()
         u.cpu_self_s, u.cpu_children_s = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         u.cpu_s = u.cpu_self_s + u.cpu_children_s
         for device, count in run.reserved.items():

@@ -41,7 +41,7 @@ def _gpu_hours(model: str, acc_key: str, book: PriceBook, mfu: float = 0.40) -> 
 
 
 def _energy_kwh(acc_key: str, hours: float, book: PriceBook, pue: float) -> float:
-    return hours * book.accelerator(acc_key).need("tdp_w") / 1000 * pue
+    return est.energy_kwh(book.accelerator(acc_key), hours, pue)
 
 
 def checks(book: PriceBook) -> list[Check]:

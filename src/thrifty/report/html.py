@@ -108,10 +108,9 @@ def _figures(runs: list[dict]) -> list[tuple[str, str, str]]:
         by_strategy: dict[str, list[float]] = {}
         for r in trains:
             name = r["info"].get("strategy") or "?"
-            sent = r["usage"]["bytes_communicated"] / max(1, r["info"].get("steps") or 1)
-            plain = r["info"].get("plain_allreduce_bytes_per_worker") or 0
-            plain *= r["info"].get("world_size") or 1
-            plain /= max(1, r["info"].get("steps") or 1)
+            steps = max(1, (r["info"].get("steps") or 1) - (r["info"].get("resumed_from_step") or 0))
+            sent = r["usage"]["bytes_communicated"] / steps
+            plain = (r["info"].get("plain_allreduce_bytes") or 0) / steps
             by_strategy.setdefault(name, [0.0, 0.0, 0])
             by_strategy[name][0] += sent
             by_strategy[name][1] += plain

@@ -22,7 +22,7 @@ def progress(run_dir: Path) -> dict:
     records = [r for r in read_metrics(path) if r.get("event") == "train"] if path.exists() else []
     last = records[-1] if records else {}
     return {"step": last.get("step", 0), "tokens": last.get("tokens", 0),
-            "bytes_sent_cum": last.get("bytes_sent_cum", 0), "cpu_s": last.get("cpu_s", 0.0)}
+            "bytes_sent_cum": last.get("bytes_sent_cum", 0)}
 
 
 def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1) -> dict | None:
@@ -67,6 +67,10 @@ def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1)
         info["flops"] = summary["flops_per_token"] * tokens
         info["syncs"] = summary.get("syncs")
         info["bytes_sent_per_worker"] = sent / world_size
+        # what plain all-reduce would have sent for the steps of this invocation, all workers
+        steps = summary["steps"]
+        info["plain_allreduce_bytes"] = ((summary.get("plain_allreduce_bytes_per_worker") or 0) * world_size
+                                         * (steps - before["step"]) / steps if steps else 0)
         if summary.get("device") == "cuda":
             key = accelerator_key(summary.get("peak_flops_method", ""))
             run.reserve(key, world_size)

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from thrifty.config import to_dict
 from thrifty.errors import ThriftyError
+from thrifty.report.terminal import fmt_bytes
 from thrifty.train import checkpoint as ckpt
 from thrifty.train.config import TrainConfig
 from thrifty.train.data import Sampler, Windows, eval_batches, load_corpus
@@ -289,7 +290,7 @@ class Trainer:
             mfu_text = f" | MFU {mfu:.1%}" if mfu is not None else ""
             self.log(
                 f"step {self.step:>5}/{self.cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                f"{tps:,.0f} tok/s{mfu_text} | sent {_human(self.strategy.counter.bytes_sent)}"
+                f"{tps:,.0f} tok/s{mfu_text} | sent {fmt_bytes(self.strategy.counter.bytes_sent)}"
             )
 
     def _record_eval(self) -> None:
@@ -421,6 +422,7 @@ class Trainer:
             "wall_s": self.prior_wall + wall_clock() - self.started,
             "train_s": train_s,
             "cpu_s": cpu_total,
+            "cpu_s_before_resume": self.prior_cpu,
             "peak_rss_bytes": rss,
             "tokens_per_s": tps,
             "flops_per_token": self.flops_per_token,
@@ -442,14 +444,6 @@ class Trainer:
         }
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
 def format_summary(s: dict) -> str:
     """The human-readable end-of-run summary."""
     mfu = f"{s['mfu']:.1%}" if s["mfu"] is not None else "n/a"
@@ -466,10 +460,10 @@ def format_summary(s: dict) -> str:
         ("throughput", f"{s['tokens_per_s']:,.0f} tokens/s"),
         ("MFU", f"{mfu} ({s['peak_flops_method']})"),
         ("loss", f"train {s['final_train_loss']:.4f}, val {s['final_val_loss']:.4f}"),
-        ("communicated", f"{_human(s['bytes_sent_per_worker'])} per worker in "
+        ("communicated", f"{fmt_bytes(s['bytes_sent_per_worker'])} per worker in "
                          f"{s['syncs']} syncs{saving}"),
         ("compute", f"{s['cpu_s']:,.1f} CPU-seconds, {s['flops'] / 1e12:,.2f} TFLOP"),
-        ("peak memory", f"{_human(s['peak_rss_bytes'])} per worker (max RSS)"),
+        ("peak memory", f"{fmt_bytes(s['peak_rss_bytes'])} per worker (max RSS)"),
         ("wall time", f"{s['wall_s']:,.1f} s" + (f", {s['restarts']} restart(s)" if s["restarts"] else "")),
         ("checkpoint", s["checkpoint"] or "none"),
     ]

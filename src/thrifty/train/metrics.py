@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from thrifty.cost.meter import process_cpu_seconds
 from thrifty.train.checkpoint import write_atomic
 
 # Peak dense bf16 tensor-core TFLOP/s (without sparsity), from the vendors' data sheets. Matched
@@ -74,9 +75,7 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (user + system)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return sum(process_cpu_seconds())
 
 
 def peak_rss_bytes() -> int:

@@ -120,7 +120,7 @@ def _train_metered(cfg: TrainConfig, run_dir: Path, resume) -> None:
         if summary is None:
             metered.status = "stopped"
         else:
-            metered.cpu_override = (summary["cpu_s"] - before.get("cpu_s", 0.0),
+            metered.cpu_override = (summary["cpu_s"] - summary["cpu_s_before_resume"],
                                     "the trainer's sum over ranks of getrusage (self + children)")
 
 
