@@ -33,6 +33,20 @@ def test_planes_split_and_merge_are_inverse(transform, width):
     assert planes.merge([bytes(p) for p in parts], transform, width) == data
 
 
+@pytest.mark.parametrize("transform,width", [(planes.NONE, 1), (planes.FLOAT, 2), (planes.FLOAT, 4),
+                                             (planes.FLOAT, 8), (planes.BYTES, 2), (planes.BYTES, 4)])
+@pytest.mark.parametrize("offset", [0, 1, 2])
+def test_planes_merge_into_a_given_buffer_aligned_or_not(transform, width, offset):
+    """Decoding fills its final buffer in place; chunks may start at any byte of it."""
+    data = np.random.default_rng(offset).integers(0, 256, 1000 * width, dtype=np.uint8).tobytes()
+    parts = [bytes(p) for p in planes.split(data, transform, width)]
+    buffer = np.full(len(data) + 2 * offset, 0xAA, dtype=np.uint8)
+    target = memoryview(buffer)[offset:offset + len(data)]
+    planes.merge(parts, transform, width, target)
+    assert bytes(target) == data
+    assert (buffer[:offset] == 0xAA).all() and (buffer[offset + len(data):] == 0xAA).all()
+
+
 def test_float_planes_put_the_bfloat16_exponent_in_plane_0():
     values = torch.tensor([1.0, -1.0, 2.0, -0.5], dtype=torch.bfloat16)
     exponent, rest = planes.split(values.view(torch.uint8).numpy().tobytes(), planes.FLOAT, 2)
@@ -180,6 +194,25 @@ def test_every_bit_flip_is_detected(data, where, bit, dtype):
     blob[int(len(blob) * where)] ^= 1 << bit
     with pytest.raises(ThriftyError):
         compress.decompress_bytes(blob)
+
+
+def _swap_chunks(blob: bytes) -> bytes:
+    a, b = list(container.Reader(io.BytesIO(blob), "x").chunks())
+    index_at = int.from_bytes(blob[-16:-8], "little")  # the trailer's offset of the index
+    swapped = blob[:a.offset] + blob[b.offset:index_at] + blob[a.offset:b.offset] + blob[index_at:]
+    assert len(swapped) == len(blob) and swapped != blob
+    return swapped
+
+
+def test_intact_chunks_out_of_place_are_caught():
+    """Each chunk checks out on its own: the index finds frames that moved, and the whole-file
+    digest chunks of the same size that traded places."""
+    data = bytes(range(256)) * 16 + bytes(4096)  # two chunks of 4096 bytes, coded to unequal sizes
+    with pytest.raises(ThriftyError, match="chunk 1 at byte .*not where the index puts it"):
+        compress.decompress_bytes(_swap_chunks(compress.compress_bytes(data, **SMALL)))
+    noise = np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes()  # stored raw
+    with pytest.raises(ThriftyError, match="checksum of the whole file"):
+        compress.decompress_bytes(_swap_chunks(compress.compress_bytes(noise, **SMALL)))
 
 
 def test_wrong_magic_and_version_are_named():

@@ -19,6 +19,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from thrifty.compress import container, layouts
 from thrifty.compress.container import Archive, Options, Stats
 from thrifty.errors import ThriftyError
@@ -57,11 +59,12 @@ def _compress_view(view: memoryview, out, opts: Options, dtype: str | None) -> S
     return container.write(src, out, opts, size=len(view), **_layout(src, len(view), dtype))
 
 
-def decompress_bytes(blob: bytes | bytearray | memoryview, threads: int = 1) -> bytearray:
-    """The original bytes of a container, as a bytearray (filled in place: no final copy)."""
+def decompress_bytes(blob: bytes | bytearray | memoryview, threads: int = 1) -> memoryview:
+    """The original bytes of a container, as a writable memoryview of a new buffer that the
+    chunks were decoded straight into (``bytes(result)`` makes a copy when bytes are wanted)."""
     out = _Fill()
     container.read_all(_ViewReader(memoryview(blob).cast("B")), "<bytes>", out, threads)
-    return out.buffer
+    return out.view()
 
 
 def compress_file(
@@ -170,23 +173,29 @@ class _Collect:
 
 
 class _Fill:
-    """A sink that fills one bytearray, allocated up front when the size is known; decoded
-    chunks are copied into it once."""
+    """A sink that owns one buffer, allocated up front when the size is known, for the chunks
+    to be decoded into; a stream of unknown size is collected from writes instead.
+
+    The buffer is a NumPy array rather than a bytearray: NumPy asks the kernel for huge pages
+    on big allocations, which makes first touching a 45 MB buffer about five times cheaper
+    here, and it is not zero-filled first."""
 
     def __init__(self):
-        self.buffer, self.pos = bytearray(), 0
+        self.buffer: np.ndarray | None = None
+        self.parts: list[bytes] = []
 
-    def reserve(self, size: int) -> None:
-        self.buffer = bytearray(size)
+    def reserve(self, size: int) -> memoryview:
+        self.buffer = np.empty(size, dtype=np.uint8)
+        return memoryview(self.buffer)
 
     def write(self, b) -> int:
-        n = len(b)
-        if self.pos == len(self.buffer):  # nothing reserved (a stream of unknown size): grow
-            self.buffer += b
-        else:
-            self.buffer[self.pos:self.pos + n] = b
-        self.pos += n
-        return n
+        self.parts.append(bytes(b))
+        return len(b)
+
+    def view(self) -> memoryview:
+        if self.buffer is None:
+            return memoryview(bytearray(b"".join(self.parts)))
+        return memoryview(self.buffer)
 
 
 class _ViewReader:

@@ -150,8 +150,12 @@ def encode_chunk(data: memoryview, transform: int, width: int, method: int, leve
                                                           else p for p in payload]])
 
 
-def decode_chunk(chunk: Chunk) -> memoryview:
-    """The raw bytes of ``chunk``; raises ThriftyError when anything does not check out."""
+def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
+    """The raw bytes of ``chunk``, written into ``out`` (a writable buffer of its raw length)
+    when given; raises ThriftyError when anything does not check out. A caller that checks
+    the whole file's digest may skip each chunk's digest of its decoded bytes (``check_raw``):
+    the payload digest still names a damaged chunk, and the whole-file digest catches any
+    chunk that decoded wrongly, or out of place."""
     if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
         raise ThriftyError("checksum mismatch in its coded data")
     parts, pos = [], 0
@@ -159,8 +163,8 @@ def decode_chunk(chunk: Chunk) -> memoryview:
     for method, stored in chunk.planes:
         parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n))
         pos += stored
-    raw = planes.merge(parts, chunk.transform, chunk.width)
-    if xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
+    raw = planes.merge(parts, chunk.transform, chunk.width, out)
+    if check_raw and xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
         raise ThriftyError("checksum mismatch after decoding")
     return raw
 
@@ -383,17 +387,18 @@ class Reader:
 
     def chunks(self) -> Iterator[Chunk]:
         """Every chunk in order, payload read; then the index is checked and kept."""
-        i, raw_pos = 0, 0
+        i, raw_pos, seen = 0, 0, []
         while True:
             start = self.pos
             tag = self._take(1, f"frame after chunk {i - 1}" if i else "first frame")
             if tag == b"C":
                 chunk = self._chunk_frame(i, start, raw_pos)
+                seen.append([start, raw_pos, chunk.raw_len])
                 raw_pos += chunk.raw_len
                 yield chunk
                 i += 1
             elif tag == b"I":
-                self._index_frame(start, i, raw_pos)
+                self._index_frame(start, seen, raw_pos)
                 return
             else:
                 raise ThriftyError(f"{self.name}: corrupt at byte {start} (expected chunk {i} or the "
@@ -428,15 +433,19 @@ class Reader:
             raise ThriftyError(f"{self.name}: corrupt index (checksum mismatch)")
         return _unpack_json(ijson, self.version, self.name, "index")
 
-    def _index_frame(self, start: int, nchunks: int, raw_total: int) -> None:
+    def _index_frame(self, start: int, seen: list[list[int]], raw_total: int) -> None:
         index = self.index_body()
         offset, magic = _TRAILER.unpack(self._take(_TRAILER.size, "trailer"))
         if magic != END_MAGIC or offset != start:
             raise ThriftyError(f"{self.name}: corrupt trailer")
         if _read_exact(self.f, 1):
             raise ThriftyError(f"{self.name}: unexpected data after the end of the container")
-        if len(index["chunks"]) != nchunks or index["original_size"] != raw_total:
+        if len(index["chunks"]) != len(seen) or index["original_size"] != raw_total:
             raise ThriftyError(f"{self.name}: the index does not match the chunks")
+        for i, (found, listed) in enumerate(zip(seen, index["chunks"], strict=True)):
+            if found != listed:
+                raise ThriftyError(f"{self.name}: chunk {i} at byte {found[0]}: not where the index "
+                                   "puts it (frames moved?)")
         self.index = index
 
 
@@ -448,8 +457,9 @@ def read_all(
     the chunk, on the first thing that does not check out."""
     reader = Reader(f, name)
     size = reader.header.get("original_size")
-    if size is not None and hasattr(out, "reserve"):
-        out.reserve(size)
+    # A sink that can hand out its own memory (decompress_bytes) has chunks decoded straight
+    # into it; any other gets each chunk written to it in order.
+    target = out.reserve(size) if size is not None and hasattr(out, "reserve") else None
     whole = xxhash.xxh3_64()
     pool = executor(threads)
     pending: collections.deque = collections.deque()
@@ -459,14 +469,19 @@ def read_all(
             chunk, fut = pending.popleft()
             raw = _result(name, chunk, fut)
             whole.update(raw)
-            out.write(raw)
+            if target is None:
+                out.write(raw)
             if progress:
                 progress(len(raw))
 
     try:
         for chunk in reader.chunks():
-            pending.append((chunk, pool.submit(decode_chunk, chunk)))
-            drain(2 * threads)
+            if target is not None and chunk.raw_offset + chunk.raw_len > len(target):
+                raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: runs past "
+                                   f"the original size the header gives ({size})")
+            dst = None if target is None else target[chunk.raw_offset:chunk.raw_offset + chunk.raw_len]
+            pending.append((chunk, pool.submit(decode_chunk, chunk, dst, False)))
+            drain(8 * threads)
         drain(0)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
