@@ -164,12 +164,15 @@ class _Discard(io.RawIOBase):
 
 
 class _Collect:
+    """A sink that keeps what it is given, uncopied, to be joined once at the end: every part
+    is a new object of the writer's or a read-only view of the caller's unchanged input."""
+
     def __init__(self):
-        self.parts: list[bytes] = []
+        self.parts: list = []
 
     def write(self, b) -> int:
-        self.parts.append(bytes(b))
-        return len(b)
+        self.parts.append(b)
+        return memoryview(b).nbytes
 
 
 class _Fill:

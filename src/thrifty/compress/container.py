@@ -116,8 +116,9 @@ def executor(threads: int):
 # ---------------------------------------------------------------- coding one chunk
 
 
-def encode_chunk(data: memoryview, transform: int, width: int, method: int, level: int) -> bytes:
-    """The frame for one chunk: its header followed by its coded planes."""
+def encode_chunk(data: memoryview, transform: int, width: int, method: int, level: int) -> list:
+    """The frame for one chunk, as its parts: its header, then its coded planes (a plane
+    stored raw is a view, not a copy: the frame is copied once, when it is written)."""
     if not planes.usable(transform, width, len(data)):
         transform, width = planes.NONE, 1
     parts = planes.split(data, transform, width)
@@ -146,8 +147,11 @@ def encode_chunk(data: memoryview, transform: int, width: int, method: int, leve
                        h.intdigest())
     head += b"".join(_PLANE.pack(*t) for t in table)
     head = b"C" + head
-    return b"".join([head, _U32.pack(zlib.crc32(head)), *[bytes(p) if isinstance(p, memoryview)
-                                                          else p for p in payload]])
+    return [head + _U32.pack(zlib.crc32(head)), *payload]
+
+
+def _size(frame: list) -> int:
+    return sum(memoryview(p).nbytes for p in frame)
 
 
 def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
@@ -217,9 +221,10 @@ def write(
             fut, metas = pending.popleft()
             for frame, (raw_offset, raw_len, seg) in zip(fut.result(), metas, strict=True):
                 table.append([written, raw_offset, raw_len])
-                _account(stats, seg, frame)
-                dst.write(frame)
-                written += len(frame)
+                _account(stats, seg, frame[0])
+                for part in frame:
+                    dst.write(part)
+                written += _size(frame)
 
     # Chunks go to the pool in batches of about chunk_size bytes: a checkpoint of many small
     # tensors is many small chunks, and one task each would cost more in hand-offs than coding.
@@ -269,10 +274,11 @@ def write(
                     # The first chunk decides for the segment.
                     a = encode_chunk(view, transform, width, method, opts.level)
                     b = encode_chunk(view, planes.NONE, 1, method, opts.level)
-                    chosen = (transform, width) if len(a) < len(b) else (planes.NONE, 1)
+                    smaller = _size(a) < _size(b)
+                    chosen = (transform, width) if smaller else (planes.NONE, 1)
                     flush()  # frames are written in order
                     done: Future = Future()
-                    done.set_result([a if len(a) < len(b) else b])
+                    done.set_result([a if smaller else b])
                     pending.append((done, [(raw_pos, len(data), seg)]))
                     raw_pos += len(data)
                     if progress:
@@ -303,7 +309,7 @@ def write(
 
 
 def _account(stats: Stats, seg: int, frame: bytes) -> None:
-    """Add a frame's raw and stored bytes per plane to ``stats`` (from its header alone)."""
+    """Add a frame's raw and stored bytes per plane to ``stats`` (from its header)."""
     t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(frame, 1)
     per_plane = raw_len // w if t != planes.NONE else raw_len
     for k in range(n):
