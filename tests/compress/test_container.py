@@ -76,10 +76,12 @@ def test_caller_buffers_are_never_modified():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_threads_do_not_change_the_output(threads):
-    data = _float_bytes(40_000, torch.float32)
-    assert compress.compress_bytes(data, dtype="f32", threads=threads, **SMALL) == \
-        compress.compress_bytes(data, dtype="f32", threads=1, **SMALL)
+@pytest.mark.parametrize("chunk_size", [4096, container.SMALL_CHUNK])  # coded inline / on the pool
+def test_threads_do_not_change_the_output(threads, chunk_size):
+    data = _float_bytes(5 * chunk_size // 4 + 1000, torch.float32)  # five chunks and a bit
+    blob = compress.compress_bytes(data, dtype="f32", threads=threads, chunk_size=chunk_size)
+    assert blob == compress.compress_bytes(data, dtype="f32", threads=1, chunk_size=chunk_size)
+    assert compress.decompress_bytes(blob, threads=threads) == data
 
 
 @pytest.mark.parametrize("codec,level", [("zstd", 1), ("zstd", 19), ("lz4", 0), ("lz4", 9), ("zlib", 6)])
