@@ -134,7 +134,7 @@ def big_file_peak_rss(path: Path, gb: float, threads: int) -> tuple[int, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--big-gb", type=float, default=4.0, help="0 skips the memory check")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()

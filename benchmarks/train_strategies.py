@@ -11,7 +11,7 @@ one run, and prints one table. Exits non-zero when a target is missed:
 
 Communication time on a link is modelled, not measured: a ring all-reduce of B bytes over p
 workers moves 2(p-1)/p * B per worker and pays 2(p-1) hops of latency; an all-gather moves
-(p-1) * B and pays (p-1) hops.
+(p-1) * B and pays (p-1) hops; a broadcast (DDP's start) moves B and pays (p-1) hops.
 
 Usage: python benchmarks/train_strategies.py [--tokens N] [--json OUT]
 """
@@ -54,6 +54,8 @@ def comm_seconds(run: dict, bits_per_s: float, hop_latency: float) -> float:
             total += 2 * (p - 1) / p * nbytes * 8 / bits_per_s + calls * 2 * (p - 1) * hop_latency
         elif op == "all_gather":
             total += (p - 1) * nbytes * 8 / bits_per_s + calls * (p - 1) * hop_latency
+        elif op == "broadcast":  # pipelined along a chain: every link carries the bytes once
+            total += nbytes * 8 / bits_per_s + calls * (p - 1) * hop_latency
         else:
             raise ValueError(f"no cost model for {op}")
     return total

@@ -68,8 +68,11 @@ def test_diloco_communicates_once_every_h_steps(runs):
     assert ddp["steps"] == diloco["steps"] == STEPS
     assert ddp["syncs"] == STEPS and diloco["syncs"] == STEPS // 4
     # Both send every parameter in fp32 per sync, so the bytes are exactly 1/H.
-    assert diloco["bytes_sent_per_worker"] * 4 == ddp["bytes_sent_per_worker"]
-    assert ddp["bytes_sent_per_worker"] == ddp["plain_allreduce_bytes_per_worker"]
+    reduced = ddp["bytes_by_op"]["all_reduce"]
+    assert diloco["bytes_sent_per_worker"] * 4 == reduced == ddp["plain_allreduce_bytes_per_worker"]
+    # DDP starts by broadcasting rank 0's weights (every parameter, fp32), which counts too.
+    assert ddp["bytes_by_op"]["broadcast"] == reduced // STEPS and ddp["calls_by_op"]["broadcast"] == 1
+    assert ddp["bytes_sent_per_worker"] == reduced + reduced // STEPS
 
 
 @pytest.mark.parametrize("quantize, wire_bytes", [
@@ -91,7 +94,8 @@ def test_ddp_hooks_send_fewer_bytes_and_still_learn(runs, tmp_path, hook):
     train_tiny(tmp_path, *BUDGET, f"--strategy.ddp_hook={hook}", "--strategy.powersgd_rank=1",
                nproc=2)
     s, plain = summary(tmp_path), summary(runs["ddp"])
-    assert s["bytes_sent_per_worker"] < plain["bytes_sent_per_worker"] * (0.51 if hook == "fp16" else 0.5)
+    reduced, plain_reduced = s["bytes_by_op"]["all_reduce"], plain["bytes_by_op"]["all_reduce"]
+    assert reduced < plain_reduced * (0.51 if hook == "fp16" else 0.5)
     assert s["final_val_loss"] == pytest.approx(plain["final_val_loss"], rel=0.05)
 
 

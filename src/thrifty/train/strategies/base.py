@@ -33,7 +33,9 @@ class CommCounter:
     syncs: int = 0
 
     def add(self, op: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
+        self.add_bytes(op, tensor.numel() * tensor.element_size())
+
+    def add_bytes(self, op: str, nbytes: int) -> None:
         self.bytes_by_op[op] = self.bytes_by_op.get(op, 0) + nbytes
         self.calls_by_op[op] = self.calls_by_op.get(op, 0) + 1
 

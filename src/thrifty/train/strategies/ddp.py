@@ -43,6 +43,7 @@ class DDP(Strategy):
         self.ddp = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, **options
         )
+        self._count_initial_broadcast()
         self.powersgd: psgd.PowerSGDState | None = None
         if powersgd:
             self.powersgd = psgd.PowerSGDState(
@@ -66,6 +67,14 @@ class DDP(Strategy):
                 "bf16": default_hooks.bf16_compress_hook,
             }[cfg.ddp_hook]
             self.ddp.register_comm_hook(None, hook)
+
+    def _count_initial_broadcast(self) -> None:
+        # DDP's constructor broadcasts rank 0's parameters and buffers to the others (coalesced,
+        # through torch internals rather than dist.broadcast): counted here as one broadcast, on
+        # every start, a resumed one included.
+        if self.world_size > 1:
+            self.counter.add_bytes("broadcast", sum(
+                t.numel() * t.element_size() for t in (*self.model.parameters(), *self.model.buffers())))
 
     @property
     def module(self) -> nn.Module:
@@ -156,6 +165,7 @@ class DDP(Strategy):
 
     def load_state_dict(self, shared: dict, local: dict) -> None:
         super().load_state_dict(shared, local)
+        self._count_initial_broadcast()  # this start's, on top of the counts restored
         if self.powersgd is None:
             return
         state = dict(local["powersgd"])
