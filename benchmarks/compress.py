@@ -19,7 +19,7 @@ threads. Targets, exit status 1 when one is missed:
 * peak memory (max RSS) of ``thrifty compress`` on a file of ``--big-gb`` GB (default 4)
   < 256 MiB.
 
-Usage: python benchmarks/compress.py [--threads 1 2] [--repeat 3] [--big-gb 4] [--json OUT]
+Usage: python benchmarks/compress.py [--threads 1 2] [--repeat 5] [--big-gb 4] [--json OUT]
 """
 
 from __future__ import annotations
