@@ -1,0 +1,177 @@
+"""Where the compression targets that `compress.py` misses stand, measured rather than argued.
+
+Three tables, no targets (exit status 0 unless something fails to round-trip):
+
+1. Decompressing MiniLM's weights (bf16 and fp32) on one thread: ZipNN's time beside thrifty's,
+   thrifty's time split into its stages (checking payload digests, zstd, merging planes,
+   the whole-file digest), and thrifty's time with the plane merge replaced by a single copy
+   pass: a floor for what a compiled merge could reach with everything else unchanged.
+2. What ZipNN and thrifty each make of a random flipped bit in the compressed file.
+3. Independent chunks against one whole-file frame, zstd alone, on the standard library's text
+   and the token shard: what each chunk size and level gives up in ratio, and at what speed.
+
+Usage: python benchmarks/compress_limits.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import xxhash
+import zstandard
+from _common import machine
+from compress import converted, minilm_path, stdlib_text, token_shard
+
+from thrifty.compress import _ViewReader, codecs, compress_bytes, container, decompress_bytes, planes
+
+REPEAT = 7
+
+
+def best_ms(fn, make_arg=lambda: None) -> float:
+    """Best of REPEAT runs of ``fn(arg)``, each on a fresh argument made outside the clock."""
+    best = float("inf")
+    for _ in range(REPEAT):
+        arg = make_arg()
+        t0 = time.perf_counter()
+        fn(arg)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def one_pass_merge(parts, transform, width, out=None):
+    """Not a real merge: one widening copy of the exponent plane into the output, the least
+    any merge must do (read a plane, write every output byte). Other chunks merge for real."""
+    if transform != planes.FLOAT or width not in (2, 4) or out is None:
+        return real_merge(parts, transform, width, out)
+    dst = np.frombuffer(out, dtype=np.uint8)
+    dst.view("<u2" if width == 2 else "<u4")[:] = np.frombuffer(parts[0], dtype=np.uint8)
+    return memoryview(dst)
+
+
+real_merge = planes.merge
+
+
+DECODE_HEAD = ["| input | ZipNN | thrifty | payload digests | zstd | plane merge (output "
+               "already faulted in) | whole-file digest | thrifty, one-pass merge |",
+               "|---|---|---|---|---|---|---|---|"]
+
+
+def decode_row(name: str, data: bytes, dtype: str) -> str:
+    from zipnn import ZipNN
+
+    z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=1)
+    zblob = z.compress(bytes(bytearray(data)))
+    blob = compress_bytes(data)
+    if bytes(decompress_bytes(blob)) != data or bytes(z.decompress(bytes(zblob))) != data:
+        sys.exit(f"{name}: did not round-trip")
+    chunks = list(container.Reader(_ViewReader(memoryview(blob)), "x").chunks())
+
+    def stage_planes(_=None):
+        out = []
+        for c in chunks:
+            n = c.raw_len // c.width if c.transform != planes.NONE else c.raw_len
+            pos, parts = 0, []
+            for method, stored in c.planes:
+                parts.append(codecs.decode(memoryview(c.payload)[pos:pos + stored], method, n))
+                pos += stored
+            out.append(parts)
+        return out
+
+    decoded = stage_planes()
+    target = np.empty(len(data), dtype=np.uint8)
+
+    def stage_merge(_):
+        for c, parts in zip(chunks, decoded, strict=True):
+            planes.merge(parts, c.transform, c.width,
+                         memoryview(target)[c.raw_offset:c.raw_offset + c.raw_len])
+
+    def floor(b):
+        try:
+            decompress_bytes(b)
+        except Exception:  # noqa: BLE001 - the output is wrong on purpose; only time counts
+            pass
+
+    zipnn_ms = best_ms(z.decompress, lambda: bytes(bytearray(zblob)))
+    ours_ms = best_ms(decompress_bytes, lambda: bytes(bytearray(blob)))
+    digests_ms = best_ms(lambda _: [xxhash.xxh3_64_intdigest(c.payload) for c in chunks])
+    zstd_ms = best_ms(stage_planes)
+    merge_ms = best_ms(stage_merge, lambda: target.fill(0))
+    whole_ms = best_ms(lambda _: xxhash.xxh3_64(data).intdigest())
+    planes.merge = one_pass_merge
+    try:
+        floor_ms = best_ms(floor, lambda: bytes(bytearray(blob)))
+    finally:
+        planes.merge = real_merge
+    return (f"| {name} ({len(data) / 1e6:.1f} MB) | {zipnn_ms:.1f} ms | {ours_ms:.1f} ms | "
+            f"{digests_ms:.1f} ms | {zstd_ms:.1f} ms | {merge_ms:.1f} ms | {whole_ms:.1f} ms | "
+            f"{floor_ms:.1f} ms |")
+
+
+def flip_row(name: str, data: bytes, dtype: str, trials: int = 20) -> str:
+    """What each format makes of the same number of random single-bit flips."""
+    from zipnn import ZipNN
+
+    z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=1)
+    rng = np.random.default_rng(0)
+    counts = []
+    for encode, decode in ((z.compress, z.decompress), (compress_bytes, decompress_bytes)):
+        blob = bytes(encode(bytes(bytearray(data))))
+        wrong = caught = same = 0
+        for _ in range(trials):
+            flipped = bytearray(blob)
+            flipped[int(rng.integers(0, len(blob)))] ^= 1 << int(rng.integers(0, 8))
+            try:
+                out = decode(bytes(flipped))
+            except Exception:  # noqa: BLE001 - any error counts as caught
+                caught += 1
+                continue
+            if bytes(out) == data:
+                same += 1
+            else:
+                wrong += 1
+        counts.append(f"{caught} errors, {wrong} wrong outputs, {same} unharmed")
+    return f"| {name} | {trials} | {counts[0]} | {counts[1]} |"
+
+
+FLIP_HEAD = ["| input | random bit flips | ZipNN | thrifty |", "|---|---|---|---|"]
+CHUNK_HEAD = ["| input | coding | ratio | MB/s |", "|---|---|---|---|"]
+
+
+def chunk_rows(name: str, data: bytes) -> list[str]:
+    variants = [("whole file, level 3", len(data), 3)]
+    variants += [(f"chunks of {mib} MiB, level 3", mib << 20, 3) for mib in (1, 2, 4, 8)]
+    variants += [(f"chunks of 1 MiB, level {level}", 1 << 20, level) for level in (4, 5)]
+    rows = []
+    for label, size, level in variants:
+        c = zstandard.ZstdCompressor(level=level)
+        stored = sum(len(c.compress(data[i:i + size])) for i in range(0, len(data), size))
+        ms = best_ms(lambda _, c=c, size=size: [c.compress(data[i:i + size])
+                                                 for i in range(0, len(data), size)])
+        rows.append(f"| {name} | {label} | {len(data) / stored:.3f} | {len(data) / 1e3 / ms:.0f} |")
+    return rows
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = minilm_path()
+        bf16 = converted(fp32, torch.bfloat16, work / "bf16.safetensors")
+        print(f"## Decompression on one thread, best of {REPEAT}\n")
+        print("\n".join([*DECODE_HEAD, decode_row("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
+                         decode_row("MiniLM fp32", fp32.read_bytes(), "float32")]) + "\n")
+        print("## One flipped bit in the compressed file\n")
+        print("\n".join([*FLIP_HEAD, flip_row("MiniLM bf16", bf16.read_bytes(), "bfloat16")]) + "\n")
+        print("## Independent chunks against one frame, zstd alone, one thread\n")
+        print("\n".join([*CHUNK_HEAD, *chunk_rows("text (stdlib .py)", stdlib_text(32 << 20)),
+                         *chunk_rows("token shard (uint16)", token_shard(work / "t.npy").read_bytes())]))
+    print("\n" + machine())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
