@@ -122,6 +122,14 @@ def test_in_memory_files_get_their_layout(kind):
     assert compress.decompress_bytes(blob) == data
 
 
+def test_a_stream_of_unknown_size_decodes_from_memory():
+    """A pipe's container has no original size in its header: nothing can be reserved."""
+    data = _float_bytes(20_000, torch.bfloat16) + b"tail"
+    sink = io.BytesIO()
+    container.write(io.BytesIO(data), sink, container.Options(chunk_size=4096))
+    assert compress.decompress_bytes(sink.getvalue(), threads=2) == data
+
+
 def test_empty_input():
     blob = compress.compress_bytes(b"")
     assert compress.decompress_bytes(blob) == b""

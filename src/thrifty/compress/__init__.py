@@ -184,20 +184,17 @@ class _Fill:
     here, and it is not zero-filled first."""
 
     def __init__(self):
-        self.buffer: np.ndarray | None = None
-        self.parts: list[bytes] = []
+        self.buffer: np.ndarray | bytearray = bytearray()
 
     def reserve(self, size: int) -> memoryview:
         self.buffer = np.empty(size, dtype=np.uint8)
         return memoryview(self.buffer)
 
     def write(self, b) -> int:
-        self.parts.append(bytes(b))
+        self.buffer += b  # only ever called when nothing was reserved
         return len(b)
 
     def view(self) -> memoryview:
-        if self.buffer is None:
-            return memoryview(bytearray(b"".join(self.parts)))
         return memoryview(self.buffer)
 
 

@@ -318,12 +318,12 @@ def write(
     return stats
 
 
-def _account(stats: Stats, seg: int, frame: bytes) -> None:
-    """Add a frame's raw and stored bytes per plane to ``stats`` (from its header)."""
-    t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(frame, 1)
+def _account(stats: Stats, seg: int, head: bytes) -> None:
+    """Add a frame's raw and stored bytes per plane to ``stats``, from its header."""
+    t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(head, 1)
     per_plane = raw_len // w if t != planes.NONE else raw_len
     for k in range(n):
-        _, stored = _PLANE.unpack_from(frame, 1 + _CHUNK.size + k * _PLANE.size)
+        _, stored = _PLANE.unpack_from(head, 1 + _CHUNK.size + k * _PLANE.size)
         acc = stats.planes.setdefault((seg, k), [0, 0])
         acc[0] += per_plane
         acc[1] += stored
@@ -498,7 +498,7 @@ def read_all(
             dst = None if target is None else target[chunk.raw_offset:chunk.raw_offset + chunk.raw_len]
             runner = _INLINE if chunk.raw_len < SMALL_CHUNK else pool
             pending.append((chunk, runner.submit(decode_chunk, chunk, dst, False)))
-            drain(8 * threads)
+            drain(2 * threads)
         drain(0)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -75,11 +75,9 @@ def merge(planes: list[bytes | memoryview], transform: int, width: int, out=None
             dst[:] = value.view(np.uint8)
         return memoryview(dst)
     first = 2 if transform == FLOAT else 0
-    if transform == FLOAT:
-        top = np.left_shift(np.frombuffer(planes[0], dtype=np.uint8), 7, dtype="<u2")
-        sign_low = np.multiply(np.frombuffer(planes[1], dtype=np.uint8), 0x0101, dtype="<u2")
-        sign_low &= 0x807F
-        top |= sign_low
+    if transform == FLOAT:  # float64: its top 16 bits as for bfloat16, the rest byte by byte
+        top = np.empty(n, "<u2")
+        _rebuild(top, [np.frombuffer(p, dtype=np.uint8) for p in planes[:2]], 2)
         dst.view("<u2").reshape(n, width // 2)[:, -1] = top
     for k in range(first, width):
         grid[:, width - 1 - k] = np.frombuffer(planes[k], dtype=np.uint8)
