@@ -61,7 +61,6 @@ def merge(planes: list[bytes | memoryview], transform: int, width: int, out=None
     if transform == NONE:
         dst[:] = np.frombuffer(planes[0], dtype=np.uint8)
         return memoryview(dst)
-    grid = dst.reshape(n, width)
     if transform == FLOAT and width in (2, 4):
         # Whole-array shifts and ORs, straight into the output where it is aligned: NumPy's
         # strided byte stores (the generic path below) are several times slower.
@@ -74,7 +73,7 @@ def merge(planes: list[bytes | memoryview], transform: int, width: int, out=None
         if not aligned:
             dst[:] = value.view(np.uint8)
         return memoryview(dst)
-    first = 2 if transform == FLOAT else 0
+    grid, first = dst.reshape(n, width), 2 if transform == FLOAT else 0
     if transform == FLOAT:  # float64: its top 16 bits as for bfloat16, the rest byte by byte
         top = np.empty(n, "<u2")
         _rebuild(top, [np.frombuffer(p, dtype=np.uint8) for p in planes[:2]], 2)

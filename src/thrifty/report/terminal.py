@@ -66,10 +66,8 @@ def _scaled(value: float | None, units: list[tuple[float, str, str]]) -> str:
     catches the rest."""
     if value is None:
         return "n/a"
-    for size, name, spec in units:
-        if abs(value) >= size or name == units[-1][1]:
-            return f"{value / size:{spec}} {name}"
-    return str(value)  # pragma: no cover
+    size, name, spec = next((u for u in units if abs(value) >= u[0]), units[-1])
+    return f"{value / size:{spec}} {name}"
 
 
 def fmt_energy(kwh: float | None) -> str:
