@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,20 +26,36 @@ def atomic_writer(path: Path | str, overwrite: bool = True) -> Iterator[BinaryIO
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with _naming(path):
+            f = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path exists: no window in which it could be clobbered
-            os.unlink(tmp)
+        with _naming(path):
+            if path.is_dir():  # os.replace would say so of the temporary name
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails if path exists: no window in which it could be clobbered
+                os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent if str(path.parent) else Path("."))
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """OS errors about the temporary file name ``path``, the file the user asked for."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename == str(path):
+            raise
+        raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
 def write_atomic(path: Path | str, data: bytes) -> None:

@@ -94,6 +94,16 @@ def test_bad_arguments(tmp_path, weights):
     assert_one_line_error(thrifty("compress", str(weights), "-l", "99", check=False), "level")
     assert_one_line_error(thrifty("compress", str(weights), "--dtype", "q7", check=False), "dtype")
     assert_one_line_error(thrifty("decompress", str(weights), check=False), "suffix")
+    # an output the user named is what the error names, never the temporary file beside it
+    missing = tmp_path / "no" / "out.thz"
+    assert_one_line_error(thrifty("compress", str(weights), "-o", str(missing), check=False),
+                          f"{missing}: No such file or directory")
+    a_dir = tmp_path / "d"
+    a_dir.mkdir()
+    assert_one_line_error(thrifty("compress", str(weights), "-f", "-o", str(a_dir), check=False),
+                          f"{a_dir}: is a directory")
+    assert a_dir.is_dir() and not list(a_dir.iterdir())
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def test_torch_checkpoints_get_the_float_transform(tmp_path):

@@ -82,6 +82,16 @@ def test_write_atomic_replaces_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+def test_write_atomic_errors_name_the_target_not_the_temporary(tmp_path):
+    (tmp_path / "d").mkdir()
+    cases = [(tmp_path / "no" / "f.json", FileNotFoundError), (tmp_path / "d", IsADirectoryError)]
+    for target, kind in cases:
+        with pytest.raises(kind) as err:
+            ckpt.write_atomic(target, b"{}")
+        assert err.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and (tmp_path / "d").is_dir()
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_files_are_stored_compressed_or_plain(tmp_path, compress):
     state = {"w": torch.randn(200, 100), "m": torch.zeros(200, 100)}

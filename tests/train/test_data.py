@@ -36,6 +36,20 @@ def test_bad_corpus(tmp_path, setup, fragment):
         load_corpus(DataConfig(corpus=str(target)), block_size=64)
 
 
+def test_too_small_says_how_much_is_needed(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_bytes(b"x" * 99)  # loaded with a separator: 100 bytes
+    msg = "short.txt is too small: 100 bytes, and block_size 16 needs 161 "
+    with pytest.raises(ThriftyError, match=msg):
+        load_corpus(DataConfig(corpus=str(path), val_fraction=0.1), block_size=16)
+    path.write_bytes(b"x" * 160)  # the figure the message gave is enough, one byte fewer is not
+    corpus = load_corpus(DataConfig(corpus=str(path), val_fraction=0.1), block_size=16)
+    assert corpus.val.numel() == 17
+    path.write_bytes(b"x" * 159)
+    with pytest.raises(ThriftyError, match="needs 161"):
+        load_corpus(DataConfig(corpus=str(path), val_fraction=0.1), block_size=16)
+
+
 def _windows(n=10_000, block=16, seed=3):
     return Windows(torch.arange(n, dtype=torch.int64), block, seed)  # token = its position
 

@@ -151,6 +151,8 @@ def read_tensor(path: str | Path, name: str, threads: int = 1):
 
 
 def _check_output(dst: Path, overwrite: bool) -> None:
+    if dst.is_dir():
+        raise ThriftyError(f"{dst}: is a directory")
     if dst.exists() and not overwrite:
         raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
 

@@ -45,6 +45,14 @@ def _held_out(rel: str, val_fraction: float) -> bool:
     return zlib.crc32(rel.encode()) % 10_000 < val_fraction * 10_000
 
 
+def _smallest(need: int, val_fraction: float) -> int:
+    """The fewest bytes whose tail split leaves ``need`` on both sides."""
+    n = max(2 * need, int((need - 1) / min(val_fraction, 1 - val_fraction)) - 1)
+    while int(n * (1 - val_fraction)) < need or n - int(n * (1 - val_fraction)) < need:
+        n += 1
+    return n
+
+
 @dataclass
 class Corpus:
     train: torch.Tensor  # uint8 tokens
@@ -72,7 +80,9 @@ def load_corpus(cfg: DataConfig, block_size: int) -> Corpus:
         train, val = bytearray(text[:cut]), bytearray(text[cut:])
     if len(val) < need or len(train) < need:
         raise ThriftyError(
-            f"corpus {root} is too small: {len(train) + len(val)} bytes for block_size {block_size}"
+            f"corpus {cfg.corpus or root} is too small: {len(train) + len(val)} bytes, and "
+            f"block_size {block_size} needs {_smallest(need, cfg.val_fraction)} (one window of "
+            f"{need} bytes each for training and for validation, {cfg.val_fraction:g} held out)"
         )
     digest = hashlib.blake2b(bytes(train), digest_size=16)
     digest.update(bytes(val))
