@@ -146,6 +146,14 @@ def test_read_one_tensor_without_decoding_the_rest(tmp_path):
     compress.save_tensors(tensors, path, chunk_size=4096)
     back = compress.load_tensors(path)
     assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    assert torch.equal(compress.read_tensor(path, "empty"), tensors["empty"])  # it holds no bytes
+    # Loaded tensors are views of the one decoded buffer, not copies: their addresses differ by
+    # their offsets in the file.
+    ids, scale = back["ids"].data_ptr(), back["scale"].data_ptr()
+    archive = compress.open_archive(path)
+    at = {t.name: t.offset for t in archive.tensors}
+    archive.f.close()
+    assert scale - ids == at["scale"] - at["ids"]
     # Corrupt a chunk of "ids": "embed" still reads, "ids" does not.
     archive = compress.open_archive(path)
     seg = next(t for t in archive.tensors if t.name == "ids")
@@ -158,6 +166,40 @@ def test_read_one_tensor_without_decoding_the_rest(tmp_path):
     assert torch.equal(compress.read_tensor(path, "embed"), tensors["embed"])
     with pytest.raises(ThriftyError, match=f"chunk {first}"):
         compress.read_tensor(path, "ids")
+
+
+def _safetensors(entries: list[tuple[str, str, list[int], bytes]]) -> bytes:
+    """A safetensors file written by hand, its data starting 8-aligned as safetensors does."""
+    import json
+
+    header, data = {}, b""
+    for name, dtype, shape, raw in entries:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def test_load_tensors_copies_only_what_is_misaligned(tmp_path):
+    # One byte of U8 first puts the float32 tensor at an odd address: it is copied, still right.
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    raw = _safetensors([("flag", "U8", [1], b"\x07"), ("w", "F32", [2, 3], w.numpy().tobytes())])
+    src = tmp_path / "odd.safetensors"
+    src.write_bytes(raw)
+    compress.compress_file(src, tmp_path / "odd.thz")
+    back = compress.load_tensors(tmp_path / "odd.thz")
+    assert back["flag"].tolist() == [7] and torch.equal(back["w"], w)
+    assert back["w"].data_ptr() % 4 == 0 and back["w"].data_ptr() != back["flag"].data_ptr() + 1
+
+
+def test_load_tensors_refuses_a_header_that_does_not_fit_its_data(tmp_path):
+    raw = _safetensors([("w", "F32", [4, 4], bytes(64))])
+    src = tmp_path / "bad.safetensors"
+    src.write_bytes(raw[:-8])  # the data is 8 bytes short of what the header says
+    compress.compress_file(src, tmp_path / "bad.thz")
+    with pytest.raises(ThriftyError, match="'w' in the decoded file does not match"):
+        compress.load_tensors(tmp_path / "bad.thz")
 
 
 def test_archive_reads_any_byte_range():

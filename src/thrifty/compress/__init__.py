@@ -15,6 +15,7 @@ The byte format is specified in docs/format.md.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -121,14 +122,41 @@ def save_tensors(tensors: dict, path: str | Path, *, overwrite: bool = True, **o
 
 
 def load_tensors(path: str | Path, threads: int = 1) -> dict:
-    from safetensors.torch import load
-
+    """Every tensor in a compressed safetensors file. The file is decoded into one buffer and
+    the tensors are views of it, not copies (so one kept tensor keeps the whole buffer alive;
+    ``.clone()`` it to let the rest go)."""
+    out = _Fill()
     with open(path, "rb") as f:
-        out = io.BytesIO()
         header = container.read_all(f, str(path), out, threads)
     if header.get("kind") != "safetensors":
         raise ThriftyError(f"{path}: holds {header.get('kind')}, not tensors")
-    return load(out.getvalue())
+    return _safetensors_views(out.view(), str(path))
+
+
+def _safetensors_views(buf: memoryview, name: str) -> dict:
+    """The tensors of the safetensors file in ``buf``, as views of it where aligned."""
+    import torch
+    from safetensors.torch import _TYPES  # safetensors' own dtype-name table
+
+    head = layouts.safetensors_header(buf)
+    if head is None:
+        raise ThriftyError(f"{name}: the decoded file is not valid safetensors")
+    base, entries = head
+    tensors = {}
+    for key, (dtype_name, shape, begin, end) in entries.items():
+        dtype = _TYPES.get(dtype_name)
+        count = math.prod(shape)
+        if dtype is None or end - begin != count * dtype.itemsize or base + end > len(buf):
+            raise ThriftyError(f"{name}: tensor {key!r} in the decoded file does not match its "
+                               f"dtype {dtype_name} and shape {shape}")
+        if count == 0:
+            tensors[key] = torch.empty(shape, dtype=dtype)
+            continue
+        view = buf[base + begin:base + end]
+        if (np.frombuffer(view, np.uint8).ctypes.data % dtype.itemsize) != 0:
+            view = bytearray(view)  # misaligned: a copy, since a view would be unsafe to compute on
+        tensors[key] = torch.frombuffer(view, dtype=dtype).reshape(shape)
+    return tensors
 
 
 def read_tensor(path: str | Path, name: str, threads: int = 1):
@@ -141,13 +169,13 @@ def read_tensor(path: str | Path, name: str, threads: int = 1):
         seg = next((t for t in archive.tensors if t.name == name), None)
         if seg is None:
             raise ThriftyError(f"{path}: no tensor named {name!r}")
-        data = archive.read(seg.offset, seg.length)
+        data = archive.read(seg.offset, seg.length)  # a writable buffer of its own: no copy
     finally:
         archive.f.close()
     dtype = _TYPES[seg.dtype]
     if not data:
         return torch.empty(seg.shape, dtype=dtype)
-    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(seg.shape)
+    return torch.frombuffer(data, dtype=dtype).reshape(seg.shape)
 
 
 def _check_output(dst: Path, overwrite: bool) -> None:

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
 import xxhash
 import zstandard
 
@@ -556,24 +557,32 @@ class Archive:
             raise ThriftyError(f"{self.name}: chunk {i} at byte {offset}: corrupt frame length")
         return chunk
 
-    def read(self, start: int, length: int) -> bytes:
-        """``length`` bytes of the original from ``start``, decoding only the chunks they span."""
+    def read(self, start: int, length: int) -> memoryview:
+        """``length`` bytes of the original from ``start``, decoding only the chunks they span,
+        as a writable view of a new buffer: chunks wholly inside the range decode straight into
+        it, the (at most two) cut by its ends are decoded aside and their share copied in."""
         if start < 0 or length < 0 or start + length > self.size:
             raise ThriftyError(f"{self.name}: range {start}+{length} is outside 0..{self.size}")
+        out = memoryview(np.empty(length, np.uint8))
         table = self.index["chunks"]
         wanted = [i for i, (_, ro, rl) in enumerate(table) if ro < start + length and ro + rl > start]
         pool = executor(self.threads)
         try:
-            chunks = [self._load(i) for i in wanted]
-            futures = [pool.submit(decode_chunk, c) for c in chunks]
-            parts = []
-            for c, fut in zip(chunks, futures, strict=True):
-                raw = _result(self.name, c, fut)
+            jobs = []
+            for i in wanted:
+                c = self._load(i)
                 lo, hi = max(start - c.raw_offset, 0), min(start + length - c.raw_offset, c.raw_len)
-                parts.append(bytes(raw[lo:hi]))
+                at = c.raw_offset + lo - start
+                inside = lo == 0 and hi == c.raw_len
+                fut = pool.submit(decode_chunk, c, out[at:at + c.raw_len] if inside else None)
+                jobs.append((c, fut, at, lo, hi, inside))
+            for c, fut, at, lo, hi, inside in jobs:
+                raw = _result(self.name, c, fut)
+                if not inside:
+                    out[at:at + hi - lo] = raw[lo:hi]
         finally:
             pool.shutdown(wait=True)
-        return b"".join(parts)
+        return out
 
     def stats(self) -> Stats:
         """Raw and stored bytes per segment and plane, from the chunk frame headers alone."""

@@ -65,10 +65,11 @@ class Segment:
 
 
 def _fill(segments: list[Segment], size: int) -> list[Segment]:
-    """Sort ``segments``, drop overlaps, and cover the gaps with plain segments."""
+    """Sort ``segments``, drop overlaps, and cover the gaps with plain segments. An empty
+    tensor is kept (it can be read back by name) but holds no bytes to code."""
     out, pos = [], 0
-    for s in sorted(segments, key=lambda s: s.offset):
-        if s.offset < pos or s.offset + s.length > size or s.length == 0:
+    for s in sorted(segments, key=lambda s: (s.offset, s.length)):
+        if s.offset < pos or s.offset + s.length > size or (s.length == 0 and not s.name):
             continue
         if s.offset > pos:
             out.append(Segment(pos, s.offset - pos))
@@ -79,28 +80,42 @@ def _fill(segments: list[Segment], size: int) -> list[Segment]:
     return out
 
 
-def safetensors_layout(head: bytes, size: int) -> tuple[str, list[Segment]] | None:
+def safetensors_header(head) -> tuple[int, dict] | None:
+    """The start of the data and, per tensor, (dtype, shape, begin, end) from the safetensors
+    header at the front of ``head``; None when it is not one."""
     if len(head) < 8:
         return None
     (n,) = struct.unpack("<Q", head[:8])
-    if n < 2 or 8 + n > min(size, len(head)):
+    if n < 2 or 8 + n > len(head):
         return None
     try:
-        header = json.loads(head[8:8 + n])
+        header = json.loads(bytes(head[8:8 + n]))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(header, dict):
         return None
-    base, segments = 8 + n, []
+    entries = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            begin, end = info["data_offsets"]
-            segments.append(Segment(base + begin, end - begin, name, str(info["dtype"]),
-                                    list(info["shape"])))
+            begin, end = (int(x) for x in info["data_offsets"])
+            shape = [int(x) for x in info["shape"]]
+            entries[name] = (str(info["dtype"]), shape, begin, end)
         except (TypeError, KeyError, ValueError):
             return None
+        if not 0 <= begin <= end or min(shape, default=0) < 0:
+            return None
+    return 8 + n, entries
+
+
+def safetensors_layout(head: bytes, size: int) -> tuple[str, list[Segment]] | None:
+    found = safetensors_header(head[:size])
+    if found is None:
+        return None
+    base, entries = found
+    segments = [Segment(base + begin, end - begin, name, dtype, shape)
+                for name, (dtype, shape, begin, end) in entries.items()]
     return "safetensors", _fill(segments, size)
 
 
@@ -239,6 +254,8 @@ def coding_segments(segments: list[Segment], own: int = 65536, least: int = 4096
     one before it is kept if it reaches ``least`` bytes; everything else is coded as plain bytes."""
     out: list[Segment] = []
     for s in segments:
+        if s.length == 0:
+            continue
         dtype = s.dtype if s.transform[0] != NONE else ""
         joins = out and out[-1].dtype == dtype and out[-1].offset + out[-1].length == s.offset
         if joins and (not dtype or s.length < own):
