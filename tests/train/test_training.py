@@ -119,3 +119,36 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, strategy):
         assert torch.equal(whole[name], parts[name]), name
     assert losses(tmp_path / "whole") == losses(tmp_path / "parts")
     assert summary(tmp_path / "parts")["steps"] == STEPS
+
+
+def test_resume_on_another_number_of_workers(runs, tmp_path):
+    """A ddp checkpoint holds nothing of any one worker's own, so it resumes on another number of
+    workers: the global batch and the data order are the same, and so is the arithmetic."""
+    from tests.conftest import thrifty
+
+    train_tiny(tmp_path, *BUDGET, "--run.stop_after=5", nproc=2)
+    proc = thrifty("train", "--resume", str(tmp_path), "--run.stop_after=0", "--nproc", "1")
+    assert "at step 5, written by 2 workers" in proc.stdout
+    assert_weights_close(final_weights(runs["ddp"]), final_weights(tmp_path), atol=1e-5)
+    for a, b in zip(losses(runs["ddp"]), losses(tmp_path), strict=True):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    # Bytes: two workers' worth up to step 5, then one worker's.
+    from thrifty.train import checkpoint
+
+    at5 = checkpoint.load_file(tmp_path / "checkpoints" / "step_00000005", "shared.pt")
+    before = sum(at5["strategy"]["counter"]["bytes_by_op"].values())
+    s = summary(tmp_path)
+    assert s["world_size"] == 1 and s["steps"] == STEPS
+    assert s["bytes_sent_total"] == 2 * before + (s["bytes_sent_per_worker"] - before)
+
+
+@pytest.mark.parametrize("strategy, held", [
+    (["--strategy.name=diloco", "--strategy.inner_steps=4"], "inner optimizer state and drifted weights"),
+    (["--strategy.ddp_hook=powersgd", "--strategy.powersgd_rank=1"], "PowerSGD error feedback"),
+], ids=["diloco", "powersgd"])
+def test_per_worker_state_resumes_only_on_as_many_workers(tmp_path, strategy, held):
+    from tests.conftest import assert_one_line_error, thrifty
+
+    train_tiny(tmp_path, *BUDGET, *strategy, "--run.stop_after=4", nproc=2)
+    proc = thrifty("train", "--resume", str(tmp_path), "--nproc", "1", check=False)
+    assert_one_line_error(proc, f"holds per-worker {held} (world size 2)", "--nproc 2")

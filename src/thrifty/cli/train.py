@@ -80,9 +80,12 @@ def run(argv: list[str]) -> int:
             raise ThriftyError(f"{run_dir} has no valid checkpoint to resume from{why}")
         for problem in problems:  # newer checkpoints that are damaged: say so, use an older one
             print(f"thrifty: warning: {problem}", file=sys.stderr)
+        from thrifty.train.strategies import STRATEGIES
+
         world = checkpoint.read_meta(latest)["world_size"]
-        if world != args.nproc:
-            raise ThriftyError(f"checkpoint {latest} was written by {world} workers; "
+        held = STRATEGIES[cfg.strategy.name].per_worker_state(cfg.strategy)
+        if world != args.nproc and held:
+            raise ThriftyError(f"checkpoint {latest} holds per-worker {held} (world size {world}); "
                                f"resume it with --nproc {world}")
     else:
         latest = None

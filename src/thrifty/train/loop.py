@@ -93,6 +93,8 @@ class Trainer:
         self.last_loss: float | None = None
         self.val_loss: float | None = None
         self.last_checkpoint: Path | None = None
+        self.bytes_before = 0  # see _resume
+        self.resized_from: int | None = None
         cuda = workers.device.type == "cuda"
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -109,7 +111,9 @@ class Trainer:
             else None
         )
         if resumed and workers.is_main:
-            self.log(f"resumed from {resumed} at step {self.step}")
+            n = self.resized_from
+            resized = f", written by {n} worker{'s' * (n != 1)}" if n else ""
+            self.log(f"resumed from {resumed} at step {self.step}{resized}")
 
     # ---- collectives the loop itself needs (not the strategy's) -------------------------------
 
@@ -308,6 +312,7 @@ class Trainer:
         state = {
             "step": self.step, "tokens": self.tokens, "config": to_dict(self.cfg),
             "corpus": self.corpus_fingerprint, "world_size": self.w.world_size,
+            "bytes_before": self.bytes_before,
             "weights": weights, "sampler": self.sampler.state_dict(),
             "strategy": self.strategy.shared_state_dict(), "aux": self.aux.state_dict(),
             "progress": {"wall_s": self.prior_wall + wall_clock() - self.started,
@@ -366,13 +371,18 @@ class Trainer:
             return None
         path = Path(path)
         meta = ckpt.read_meta(path)
-        if meta["world_size"] != self.w.world_size:
+        before = meta["world_size"]
+        resized = before != self.w.world_size
+        held = self.strategy.per_worker_state(self.cfg.strategy)
+        if resized and held:
             raise ThriftyError(
-                f"checkpoint {path} was written by {meta['world_size']} workers; "
-                f"resume it with --nproc {meta['world_size']}"
+                f"checkpoint {path} holds per-worker {held} (world size {before}); resume it "
+                f"with {before} workers"
             )
         shared = ckpt.load_file(path, "shared.pt", self.w.device)
-        local = ckpt.load_file(path, f"rank{self.w.rank}.pt", self.w.device)
+        # On another number of workers the model, optimizer and sampler (all global) carry over
+        # as they are; each worker's file holds only its random state, drawn afresh below.
+        local = None if resized else ckpt.load_file(path, f"rank{self.w.rank}.pt", self.w.device)
         if shared["corpus"] != self.corpus_fingerprint:
             raise ThriftyError(f"checkpoint {path} was trained on a different corpus")
         if shared["config"]["model"] != to_dict(self.cfg)["model"]:
@@ -383,13 +393,23 @@ class Trainer:
         owner = shared if self.strategy.replicated_model else local
         self.model.load_state_dict(owner["model"])
         self.optimizer.load_state_dict(owner["optimizer"])
-        self.strategy.load_state_dict(shared["strategy"], local["strategy"])
+        self.strategy.load_state_dict(shared["strategy"], local["strategy"] if local else {})
         self.aux.load_state_dict(shared["aux"])
         self.sampler.load_state_dict(shared["sampler"])
-        torch.set_rng_state(local["rng"]["cpu"].cpu())
-        if "cuda" in local["rng"] and self.w.device.type == "cuda":
-            torch.cuda.set_rng_state(local["rng"]["cuda"].cpu(), self.w.device)
         self.step, self.tokens = int(shared["step"]), int(shared["tokens"])
+        if local is None:
+            torch.manual_seed(self.cfg.train.seed + 1 + self.w.rank + 7919 * self.step)
+        else:
+            torch.set_rng_state(local["rng"]["cpu"].cpu())
+            if "cuda" in local["rng"] and self.w.device.type == "cuda":
+                torch.cuda.set_rng_state(local["rng"]["cuda"].cpu(), self.w.device)
+        # Bytes are counted per worker; what workers before a resize sent is kept apart so the
+        # run's total stays right.
+        self.bytes_before = int(shared.get("bytes_before", 0))
+        if resized:
+            sent = sum(shared["strategy"]["counter"]["bytes_by_op"].values())  # per worker so far
+            self.bytes_before += sent * before - sent * self.w.world_size
+            self.resized_from = before
         self.last_loss = shared["last_loss"]
         p = shared["progress"]
         self.prior_wall, self.prior_train, self.prior_cpu = p["wall_s"], p["train_s"], p["cpu_s"]
@@ -431,7 +451,7 @@ class Trainer:
             "peak_flops_method": self.peak_method,
             "mfu": mfu,
             "bytes_sent_per_worker": counter.bytes_sent,
-            "bytes_sent_total": counter.bytes_sent * self.w.world_size,
+            "bytes_sent_total": counter.bytes_sent * self.w.world_size + self.bytes_before,
             "bytes_by_op": counter.bytes_by_op,
             "calls_by_op": counter.calls_by_op,
             "syncs": counter.syncs,

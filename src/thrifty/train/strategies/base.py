@@ -125,5 +125,11 @@ class Strategy:
     def local_state_dict(self) -> dict:
         return {}
 
+    @staticmethod
+    def per_worker_state(cfg: StrategyConfig) -> str | None:
+        """What each worker holds of its own that another number of workers could not take
+        over exactly (None: nothing, so a checkpoint resumes on any number of workers)."""
+        return None
+
     def load_state_dict(self, shared: dict, local: dict) -> None:
         self.counter.load_state_dict(shared["counter"])

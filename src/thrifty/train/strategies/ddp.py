@@ -146,6 +146,10 @@ class DDP(Strategy):
             if pieces:
                 store[0] = torch.cat([t for _, t in pieces])
 
+    @staticmethod
+    def per_worker_state(cfg: StrategyConfig) -> str | None:
+        return "PowerSGD error feedback" if cfg.ddp_hook == "powersgd" else None
+
     def local_state_dict(self) -> dict:
         if self.powersgd is None:
             return {}

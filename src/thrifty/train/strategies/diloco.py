@@ -125,6 +125,10 @@ class DiLoCo(Strategy):
         finally:
             _assign(local, self.params)
 
+    @staticmethod
+    def per_worker_state(cfg: StrategyConfig) -> str | None:
+        return "inner optimizer state and drifted weights"
+
     def shared_state_dict(self) -> dict:
         return {
             **super().shared_state_dict(),
