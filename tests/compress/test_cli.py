@@ -181,3 +181,26 @@ def test_inspect_reports_a_corrupt_frame_header_in_one_line(weights, tmp_path):
     blob[offset + 6] ^= 0x10  # inside chunk 1's raw length
     packed.write_bytes(blob)
     assert_one_line_error(thrifty("inspect", str(packed), check=False), "chunk 1", "corrupt frame header")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_termination_signal_removes_the_partial_output(tmp_path, sig):
+    """kill PID while a stream is being compressed: one line, 128 + the signal, nothing left."""
+    import signal
+    import time
+
+    out = tmp_path / "out.thz"
+    proc = subprocess.Popen([sys.executable, "-m", "thrifty", "compress", "-", "-o", str(out)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(os.urandom(3 << 20))  # some chunks written; the pipe stays open
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not [p for p in tmp_path.iterdir() if ".tmp-" in p.name] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    number = getattr(signal, sig)
+    proc.send_signal(number)
+    assert proc.wait(timeout=60) == 128 + number
+    proc.stdin.close()
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert err == [f"thrifty: terminated by {sig}"]
+    assert list(tmp_path.iterdir()) == []

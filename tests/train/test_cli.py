@@ -217,3 +217,33 @@ def test_corpus_of_one_text_file(tmp_path):
     thrifty("train", *args, f"--data.corpus={text}", "--train.tokens=1024",
             f"--run.dir={tmp_path / 'run'}", "--strategy.name=single")
     assert summary(tmp_path / "run")["steps"] == 4
+
+
+def test_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_path):
+    """kill LAUNCHER (a scheduler ending the job): workers stopped, one line, 128 + SIGTERM,
+    and the run resumes from its last checkpoint."""
+    args = [*TINY, "--train.tokens=2560000", "--run.checkpoint_interval=5"]
+    run = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "thrifty", "train", *args, f"--run.dir={run}", "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "step_00000005").exists():
+            assert launcher.poll() is None, launcher.communicate()
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        pids = _worker_pids(run)
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["thrifty: terminated by SIGTERM"]
+    for pid in pids:  # the workers are gone, not orphaned
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    proc = thrifty("train", "--resume", str(run), "--nproc", "2", "--run.stop_after=1")
+    assert "resumed from" in proc.stdout and "stopped after step" in proc.stdout

@@ -20,6 +20,31 @@ COMMANDS = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwound like Ctrl-C, so that what is half written (a
+    temporary output, a partial checkpoint) is removed on the way out, as zstd and gzip do."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; a caller embedding main() keeps its own
+
+    def stop(signum, _frame):
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def _usage() -> str:
     lines = ["usage: thrifty COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
@@ -45,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     module_name, _, function = COMMANDS[name][0].partition(":")
     command = getattr(importlib.import_module(module_name), function or "run")
+    _stop_on_signals()
     try:
         return command(rest)
     except ThriftyError as exc:
@@ -53,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("thrifty: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"thrifty: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:  # the reader went away (thrifty inspect ... | head): stop quietly
         import os
 
