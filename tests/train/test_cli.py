@@ -245,5 +245,7 @@ def test_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_path):
     for pid in pids:  # the workers are gone, not orphaned
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    row = Ledger(os.environ["THRIFTY_LEDGER"]).get(str(run.resolve()))
+    assert row["status"] == "interrupted" and row["usage"]["tokens_read"] > 0  # charged all the same
     proc = thrifty("train", "--resume", str(run), "--nproc", "2", "--run.stop_after=1")
     assert "resumed from" in proc.stdout and "stopped after step" in proc.stdout

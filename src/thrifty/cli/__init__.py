@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from thrifty.errors import ThriftyError
+from thrifty.errors import Terminated, ThriftyError
 
 COMMANDS = {
     "train": ("thrifty.cli.train", "train a GPT on one or more workers"),
@@ -18,17 +18,6 @@ COMMANDS = {
     "report": ("thrifty.cli.report:run_report", "what runs cost, by driver; --html for plots"),
     "prices": ("thrifty.cli.report:run_prices", "show the price book in force"),
 }
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived: unwound like Ctrl-C, so that what is half written (a
-    temporary output, a partial checkpoint) is removed on the way out, as zstd and gzip do."""
-
-    def __init__(self, signum: int):
-        import signal
-
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 def _stop_on_signals() -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thrifty.cost import prices as prices_lib
+from thrifty.errors import Terminated
 
 
 @dataclass
@@ -179,7 +180,8 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
                 book: prices_lib.PriceBook | None = None, ledger=None):
     """Meter the body; on exit price it and write it to the ledger (``ledger`` or the default).
 
-    A body that raises is still recorded, with status ``failed``: what it used was spent.
+    A body that raises is still recorded, with status ``failed`` (``interrupted`` for Ctrl-C,
+    SIGTERM or SIGHUP): what it used was spent.
     """
     book = book or prices_lib.load()
     run = Run(name or kind, str(run_dir) if run_dir else None)
@@ -193,6 +195,9 @@ def metered_run(kind: str, name: str | None = None, *, run_dir: str | Path | Non
     nvml0 = nvml.millijoules() if nvml else None
     try:
         yield run
+    except (KeyboardInterrupt, Terminated):
+        run.status = "interrupted" if run.status == "ok" else run.status
+        raise
     except BaseException:
         run.status = "failed" if run.status == "ok" else run.status
         raise

@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from thrifty.errors import ThriftyError
+from thrifty.errors import Terminated, ThriftyError
 
 
 def launch(config_path: Path, nproc: int, max_restarts: int, resume: Path | None) -> None:
@@ -20,8 +20,6 @@ def launch(config_path: Path, nproc: int, max_restarts: int, resume: Path | None
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from thrifty.cli import Terminated
 
     # Split the cores between the workers, as torchrun does; oversubscribed BLAS threads make
     # every worker slower than one thread each.
