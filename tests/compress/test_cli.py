@@ -94,6 +94,8 @@ def test_bad_arguments(tmp_path, weights):
     assert_one_line_error(thrifty("compress", str(weights), "-l", "99", check=False), "level")
     assert_one_line_error(thrifty("compress", str(weights), "--dtype", "q7", check=False), "dtype")
     assert_one_line_error(thrifty("decompress", str(weights), check=False), "suffix")
+    bad_size = thrifty("compress", str(weights), "--chunk-size", "1.5M", check=False)
+    assert bad_size.returncode == 2 and "'1.5M' is not a size" in bad_size.stderr  # argparse's way
     # an output the user named is what the error names, never the temporary file beside it
     missing = tmp_path / "no" / "out.thz"
     assert_one_line_error(thrifty("compress", str(weights), "-o", str(missing), check=False),
@@ -204,3 +206,9 @@ def test_a_termination_signal_removes_the_partial_output(tmp_path, sig):
     err = proc.stderr.read().decode().strip().splitlines()
     assert err == [f"thrifty: terminated by {sig}"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_chunk_size_takes_binary_units(weights, tmp_path):
+    thrifty("compress", str(weights), "--chunk-size", "64K", "-o", str(tmp_path / "k.thz"))
+    info = json.loads(thrifty("inspect", "--json", str(tmp_path / "k.thz")).stdout)
+    assert info["chunk_size"] == 65536

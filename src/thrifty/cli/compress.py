@@ -120,6 +120,17 @@ def _to_stdout(args) -> bool:
     return to
 
 
+def byte_size(text: str) -> int:
+    """``4096``, ``64K``, ``64KiB``, ``4M``, ``1MiB``, ``1G``: binary units, as zstd reads them."""
+    units = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
+             "gib": 1 << 30}
+    number = text.rstrip("kKmMgGiIbB")
+    unit = text[len(number):].lower()
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (say 262144, 256K or 4M)")
+    return int(number) * units[unit]
+
+
 def run_compress(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="thrifty compress",
@@ -132,8 +143,9 @@ def run_compress(argv: list[str]) -> int:
     parser.add_argument("--codec", default="zstd", choices=["zstd", "lz4", "zlib"],
                         help="codec for bytes that are not tensors (default zstd)")
     parser.add_argument("--dtype", help="treat the input as raw values of this type (bf16, f32, u16, ...)")
-    parser.add_argument("--chunk-size", type=int, default=container.DEFAULT_CHUNK,
-                        help="bytes per independently coded chunk (default 1 MiB)")
+    parser.add_argument("--chunk-size", type=byte_size, default=container.DEFAULT_CHUNK,
+                        help="bytes per independently coded chunk: 262144, 256K, 4M "
+                             "(K and M are KiB and MiB, as zstd reads them; default 1M)")
     parser.add_argument("--verify", action="store_true",
                         help="decode the output and check it before keeping it")
     args = parser.parse_args(argv)
