@@ -63,6 +63,20 @@ def test_directories_need_r_and_every_file_round_trips(tmp_path):
     assert {p: p.read_bytes() for p in files} == files
 
 
+def test_r_skips_symbolic_links_and_special_files_unless_forced(tmp_path):
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "a.txt").write_text("hello\n")
+    (src / "link.txt").symlink_to("a.txt")
+    (src / "outside").symlink_to(tmp_path)  # a link to a directory is never descended into
+    os.mkfifo(src / "fifo")  # reading it would wait forever
+    proc = thrifty("compress", "-r", str(src))
+    assert "link.txt: symbolic link skipped (-f follows it)" in proc.stderr
+    assert sorted(p.name for p in src.iterdir()) == ["a.txt", "a.txt.thz", "fifo", "link.txt", "outside"]
+    thrifty("compress", "-r", "-f", str(src))
+    assert (src / "link.txt.thz").exists() and (src / "link.txt").is_symlink()
+
+
 def test_pipes(tmp_path):
     data = (SMALL_CORPUS / "encoder.py").read_bytes() * 20
     packed = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-", "-c"],

@@ -32,7 +32,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--stdout", action="store_true", help="write to stdout")
     parser.add_argument("-T", "--threads", type=_threads, default=_threads("0"),
                         help="worker threads; 0: one per core (default)")
-    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="overwrite existing outputs; with -r, follow symbolic links")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("-k", "--keep", action="store_true", help="keep the source (the default)")
     source.add_argument("--rm", action="store_true", help="remove the source after success")
@@ -54,6 +55,10 @@ def _inputs(args, want_thz: bool) -> list[Path | None]:
                 raise ThriftyError(f"{p}: is a directory (use -r)")
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
                 if (f.suffix == thz.SUFFIX) != want_thz:
+                    continue
+                if f.is_symlink() and not args.force:  # as gzip and zstd -r: links are not files
+                    print(f"thrifty: warning: {f}: symbolic link skipped (-f follows it)",
+                          file=sys.stderr)
                     continue
                 out.append(f)
         else:
