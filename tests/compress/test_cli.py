@@ -226,3 +226,19 @@ def test_chunk_size_takes_binary_units(weights, tmp_path):
     thrifty("compress", str(weights), "--chunk-size", "64K", "-o", str(tmp_path / "k.thz"))
     info = json.loads(thrifty("inspect", "--json", str(tmp_path / "k.thz")).stdout)
     assert info["chunk_size"] == 65536
+
+
+def test_a_named_pipe_is_compressed_as_a_stream(tmp_path):
+    """A FIFO (or <(process substitution)) has no size and cannot be read twice: it is coded
+    as a stream into NAME.thz, not refused with 'not seekable'."""
+    import threading
+
+    data = (SMALL_CORPUS / "decoder.py").read_bytes() * 50
+    fifo = tmp_path / "feed"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    thrifty("compress", str(fifo))
+    writer.join()
+    thrifty("decompress", str(tmp_path / "feed.thz"), "-o", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == data

@@ -80,8 +80,9 @@ def _progress(total: int | None, name: str, quiet: bool):
         yield bar.update
 
 
-def _stream(src: Path | None, args, to_stdout: bool, code) -> None:
-    """Run ``code(f_in, f_out, name)`` from a file or stdin to stdout, or to ``-o`` atomically."""
+def _stream(src: Path | None, args, to_stdout: bool, code, dst: Path | None = None) -> None:
+    """Run ``code(f_in, f_out, name)`` from a file or stdin to stdout, or to ``-o`` (or ``dst``)
+    atomically."""
     from thrifty.files import atomic_writer
 
     name = "stdin" if src is None else str(src)
@@ -91,9 +92,9 @@ def _stream(src: Path | None, args, to_stdout: bool, code) -> None:
             code(f, sys.stdout.buffer, name)
             sys.stdout.buffer.flush()
             return
-        if not args.output:
+        if not args.output and dst is None:
             raise ThriftyError("stdin input needs -o FILE or -c")
-        dst = Path(args.output)
+        dst = Path(args.output) if args.output else dst
         if dst.exists() and not args.force:
             raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
         with atomic_writer(dst, overwrite=args.force) as out:
@@ -159,7 +160,10 @@ def run_compress(argv: list[str]) -> int:
     to_stdout = _to_stdout(args)
 
     def work(src: Path | None) -> None:
-        if src is None or to_stdout:
+        # A FIFO, a device or a process substitution <(...) cannot be measured or re-read: it
+        # is coded as a stream, like stdin, into -o or -c or else NAME.thz beside it.
+        piped = src is not None and src.exists() and not src.is_dir() and not src.is_file()
+        if src is None or to_stdout or piped:
             if args.dtype:
                 raise ThriftyError("--dtype needs a file input, not a stream")
             options = container.Options(**opts)
@@ -169,7 +173,7 @@ def run_compress(argv: list[str]) -> int:
                 metered.add(bytes_read=stats.original, bytes_written_raw=stats.original,
                             bytes_written_stored=stats.stored)
 
-            _stream(src, args, to_stdout, code)
+            _stream(src, args, to_stdout, code, src.with_name(src.name + thz.SUFFIX) if piped else None)
             return
         if src.suffix == thz.SUFFIX and not args.force:
             raise ThriftyError(f"{src}: already has the {thz.SUFFIX} suffix (use -f to compress anyway)")
