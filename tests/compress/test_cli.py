@@ -119,6 +119,10 @@ def test_bad_arguments(tmp_path, weights):
     assert_one_line_error(thrifty("compress", str(weights), "-f", "-o", str(a_dir), check=False),
                           f"{a_dir}: is a directory")
     assert a_dir.is_dir() and not list(a_dir.iterdir())
+    before = weights.read_bytes()
+    assert_one_line_error(thrifty("compress", str(weights), "-f", "-o", str(weights), check=False),
+                          "input and output are the same file")
+    assert weights.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 

@@ -76,7 +76,7 @@ def compress_file(
     With ``verify`` the new file is decoded and checked before it is put in place."""
     opts = Options(**options)
     src, dst = Path(src), Path(dst)
-    _check_output(dst, overwrite)
+    _check_output(dst, overwrite, src)
     with open(src, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         layout = _layout(f, size, dtype)
@@ -95,7 +95,7 @@ def decompress_file(
 ) -> dict:
     """Decode ``src`` into ``dst``, written atomically and only once every check has passed."""
     src, dst = Path(src), Path(dst)
-    _check_output(dst, overwrite)
+    _check_output(dst, overwrite, src)
     with open(src, "rb") as f, atomic_writer(dst, overwrite=overwrite) as out:
         return container.read_all(f, str(src), out, threads, progress)
 
@@ -178,9 +178,11 @@ def read_tensor(path: str | Path, name: str, threads: int = 1):
     return torch.frombuffer(data, dtype=dtype).reshape(seg.shape)
 
 
-def _check_output(dst: Path, overwrite: bool) -> None:
+def _check_output(dst: Path, overwrite: bool, src: Path) -> None:
     if dst.is_dir():
         raise ThriftyError(f"{dst}: is a directory")
+    if dst.exists() and os.path.samefile(src, dst):  # -o onto the input (or a hard link of it)
+        raise ThriftyError(f"{src}: input and output are the same file")
     if dst.exists() and not overwrite:
         raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
 
