@@ -140,6 +140,7 @@ def test_resume_on_another_number_of_workers(runs, tmp_path):
     s = summary(tmp_path)
     assert s["world_size"] == 1 and s["steps"] == STEPS
     assert s["bytes_sent_total"] == 2 * before + (s["bytes_sent_per_worker"] - before)
+    assert s["bytes_sent_per_worker"] == before  # a group of one sends nothing
 
 
 @pytest.mark.parametrize("strategy, held", [

@@ -86,8 +86,11 @@ class DDP(Strategy):
         return self.ddp.no_sync()
 
     def backward(self, loss: torch.Tensor) -> None:
-        with counting_all_reduce(self.counter):
+        if self.world_size == 1:  # DDP still calls all-reduce on a group of one: nothing is sent
             loss.backward()
+        else:
+            with counting_all_reduce(self.counter):
+                loss.backward()
         self.counter.syncs += 1
 
     # PowerSGD keeps its error feedback and warm-start factors as one flat tensor per bucket, in
