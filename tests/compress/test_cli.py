@@ -242,7 +242,8 @@ def test_a_named_pipe_is_compressed_as_a_stream(tmp_path):
     os.mkfifo(fifo)
     writer = threading.Thread(target=lambda: fifo.write_bytes(data))
     writer.start()
-    thrifty("compress", str(fifo))
+    proc = thrifty("compress", str(fifo))
     writer.join()
+    assert f"{fifo} -> {fifo}.thz: {len(data):,} -> " in proc.stderr  # summarised like a file
     thrifty("decompress", str(tmp_path / "feed.thz"), "-o", str(tmp_path / "back"))
     assert (tmp_path / "back").read_bytes() == data

@@ -137,6 +137,12 @@ def byte_size(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _summary(src, dst, stats: container.Stats, verified: bool) -> None:
+    ratio = stats.original / stats.stored if stats.stored else 0
+    print(f"{src} -> {dst}: {stats.original:,} -> {stats.stored:,} bytes ({ratio:.3f}x)"
+          + (", verified" if verified else ""), file=sys.stderr)
+
+
 def run_compress(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="thrifty compress",
@@ -167,13 +173,18 @@ def run_compress(argv: list[str]) -> int:
             if args.dtype:
                 raise ThriftyError("--dtype needs a file input, not a stream")
             options = container.Options(**opts)
+            done: list[container.Stats] = []
 
             def code(f, out, name):
                 stats = container.write(f, out, options)
                 metered.add(bytes_read=stats.original, bytes_written_raw=stats.original,
                             bytes_written_stored=stats.stored)
+                done.append(stats)
 
-            _stream(src, args, to_stdout, code, src.with_name(src.name + thz.SUFFIX) if piped else None)
+            dst = src.with_name(src.name + thz.SUFFIX) if piped else None
+            _stream(src, args, to_stdout, code, dst)
+            if done and not args.quiet and not to_stdout:
+                _summary(src or "stdin", args.output or dst, done[0], False)
             return
         if src.suffix == thz.SUFFIX and not args.force:
             raise ThriftyError(f"{src}: already has the {thz.SUFFIX} suffix (use -f to compress anyway)")
@@ -186,9 +197,7 @@ def run_compress(argv: list[str]) -> int:
         if args.rm:
             src.unlink()
         if not args.quiet:
-            ratio = stats.original / stats.stored if stats.stored else 0
-            print(f"{src} -> {dst}: {stats.original:,} -> {stats.stored:,} bytes ({ratio:.3f}x)"
-                  + (", verified" if args.verify else ""), file=sys.stderr)
+            _summary(src, dst, stats, args.verify)
 
     inputs = _inputs(args, want_thz=False)
     with metered_run("compress", _run_name(inputs)) as metered:
