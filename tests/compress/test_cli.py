@@ -108,6 +108,12 @@ def test_bad_arguments(tmp_path, weights):
     assert_one_line_error(thrifty("compress", str(weights), "-l", "99", check=False), "level")
     assert_one_line_error(thrifty("compress", str(weights), "--dtype", "q7", check=False), "dtype")
     assert_one_line_error(thrifty("decompress", str(weights), check=False), "suffix")
+    for command in ("inspect", "bench"):  # files these commands cannot open: one line each
+        assert_one_line_error(thrifty(command, str(tmp_path / "nope.thz"), check=False),
+                              "nope.thz: No such file or directory")
+        assert_one_line_error(thrifty(command, str(tmp_path), check=False), "Is a directory")
+    bad_threads = thrifty("compress", str(weights), "-T", "-1", check=False)
+    assert bad_threads.returncode == 2 and "'-1' is not a thread count" in bad_threads.stderr
     bad_size = thrifty("compress", str(weights), "--chunk-size", "1.5M", check=False)
     assert bad_size.returncode == 2 and "'1.5M' is not a size" in bad_size.stderr  # argparse's way
     # an output the user named is what the error names, never the temporary file beside it

@@ -76,3 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 141  # 128 + SIGPIPE, as a shell reports it
+    except OSError as exc:  # a file the user named is missing, a directory, unreadable, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"thrifty: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1

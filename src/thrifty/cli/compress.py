@@ -22,6 +22,9 @@ from thrifty.errors import ThriftyError
 
 
 def _threads(value: str) -> int:
+    """``-T N``: N threads; 0 for one per core, as zstd -T0."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a thread count (0 for one per core)")
     n = int(value)
     return n if n > 0 else len(os.sched_getaffinity(0))
 
