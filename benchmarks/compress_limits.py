@@ -9,6 +9,11 @@ Three tables, no targets (exit status 0 unless something fails to round-trip):
 2. What ZipNN and thrifty each make of a random flipped bit in the compressed file.
 3. Independent chunks against one whole-file frame, zstd alone, on the standard library's text
    and the token shard: what each chunk size and level gives up in ratio, and at what speed.
+4. What a second thread buys on this machine: the same 1 MiB chunks of MiniLM's bf16 weights
+   coded by one thread, then split between two plain threads (no pool, nothing shared), for
+   zstd alone and for thrifty's per-chunk coding; beside it thrifty's and ZipNN's own
+   1- and 2-thread runs. Where zstd alone gains little from a second thread, no Python-level
+   change will make a codec that calls it scale better.
 
 Usage: python benchmarks/compress_limits.py
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -156,6 +162,59 @@ def chunk_rows(name: str, data: bytes) -> list[str]:
     return rows
 
 
+SCALE_HEAD = ["| work on MiniLM bf16 | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
+
+
+def split_ms(fn, items: list, threads: int) -> float:
+    """Best time for ``fn`` over ``items``, which ``threads`` plain threads share round-robin."""
+    def once(_):
+        workers = [threading.Thread(target=lambda part=items[k::threads]: [fn(x) for x in part])
+                   for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    return best_ms(once)
+
+
+def scale_rows(data: bytes) -> list[str]:
+    from zipnn import ZipNN
+
+    view = memoryview(data)
+    chunks = [view[i:i + (1 << 20)] for i in range(0, len(data) - len(data) % 2, 1 << 20)]
+    chunks = [c[:len(c) - len(c) % 2] for c in chunks]
+    local = threading.local()
+
+    def zstd3(c):
+        if not hasattr(local, "z"):
+            local.z = zstandard.ZstdCompressor(level=3)
+        return local.z.compress(c)
+
+    frames = [zstd3(c) for c in chunks]
+    blob = compress_bytes(data)
+    ours = list(container.Reader(_ViewReader(memoryview(blob)), "x").chunks())
+    rows = []
+    work = [("zstd -3 compress, plain threads", zstd3, chunks),
+            ("zstd decompress, plain threads", lambda f: zstandard.ZstdDecompressor().decompress(f), frames),
+            ("thrifty encode_chunk, plain threads",
+             lambda c: container.encode_chunk(c, planes.FLOAT, 2, codecs.ZSTD, 3), chunks),
+            ("thrifty decode_chunk, plain threads", container.decode_chunk, ours)]
+    for label, fn, items in work:
+        one, two = split_ms(fn, items, 1), split_ms(fn, items, 2)
+        rows.append(f"| {label} | {one:.1f} ms | {two:.1f} ms | {one / two:.2f}x |")
+    zs = {t: ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=t) for t in (1, 2)}
+    zblob = bytes(zs[1].compress(bytes(bytearray(data))))
+    whole = [("thrifty compress_bytes", lambda t: (lambda _: compress_bytes(data, threads=t)), None),
+             ("thrifty decompress_bytes", lambda t: (lambda _: decompress_bytes(blob, threads=t)), None),
+             ("ZipNN compress", lambda t: zs[t].compress, lambda: bytes(bytearray(data))),
+             ("ZipNN decompress", lambda t: zs[t].decompress, lambda: bytes(bytearray(zblob)))]
+    for label, make, arg in whole:
+        one = best_ms(make(1), arg or (lambda: None))
+        two = best_ms(make(2), arg or (lambda: None))
+        rows.append(f"| {label} | {one:.1f} ms | {two:.1f} ms | {one / two:.2f}x |")
+    return rows
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -169,6 +228,8 @@ def main() -> int:
         print("## Independent chunks against one frame, zstd alone, one thread\n")
         print("\n".join([*CHUNK_HEAD, *chunk_rows("text (stdlib .py)", stdlib_text(32 << 20)),
                          *chunk_rows("token shard (uint16)", token_shard(work / "t.npy").read_bytes())]))
+        print(f"\n## What a second thread buys on this machine, best of {REPEAT}\n")
+        print("\n".join([*SCALE_HEAD, *scale_rows(bf16.read_bytes())]))
     print("\n" + machine())
     return 0
 
