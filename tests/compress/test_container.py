@@ -298,3 +298,15 @@ def test_version_1_files_still_read(tmp_path):
     new = compress.compress_bytes(original, chunk_size=16384)
     assert new[8:10] == b"\x02\x00"
     assert bytes(compress.decompress_bytes(new)) == original
+
+
+def test_a_safetensors_header_longer_than_the_first_read_is_still_understood(tmp_path):
+    # 3,000 tensors: a header of well over 64 KiB, the part read before looking at it
+    tensors = {f"layer.{i}.weight": torch.full((4,), float(i)) for i in range(3000)}
+    compress.save_tensors(tensors, tmp_path / "many.thz")
+    archive = compress.open_archive(tmp_path / "many.thz")
+    archive.f.close()
+    assert archive.header["kind"] == "safetensors" and len(archive.tensors) == 3000
+    assert archive.tensors[0].offset > (1 << 16)
+    assert torch.equal(compress.read_tensor(tmp_path / "many.thz", "layer.2999.weight"),
+                       tensors["layer.2999.weight"])

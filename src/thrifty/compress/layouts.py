@@ -213,7 +213,11 @@ def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
 
 def detect(f, size: int) -> tuple[str, list[Segment]]:
     """Layout of the seekable binary file ``f`` of ``size`` bytes; ``f`` is left at offset 0."""
-    head = bytes(f.read(min(size, 1 << 24)))
+    head = bytes(f.read(min(size, 1 << 16)))  # any npy header; most safetensors headers
+    if len(head) >= 8 and not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+        (n,) = struct.unpack("<Q", head[:8])  # a safetensors header's length, if it is one
+        if len(head) < 8 + n <= min(size, 1 << 24):
+            head += bytes(f.read(8 + n - len(head)))
     f.seek(0)
     result = None
     try:
