@@ -25,6 +25,7 @@ def atomic_writer(path: Path | str, overwrite: bool = True) -> Iterator[BinaryIO
     false an existing ``path`` is never replaced, even one that appears while writing."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    TEMPORARIES.add(tmp)
     try:
         with _naming(path):
             f = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
@@ -44,7 +45,19 @@ def atomic_writer(path: Path | str, overwrite: bool = True) -> Iterator[BinaryIO
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        TEMPORARIES.discard(tmp)
     fsync_dir(path.parent if str(path.parent) else Path("."))
+
+
+#: Temporary files being written now: what a process stopped without unwinding removes.
+TEMPORARIES: set[Path] = set()
+
+
+def remove_temporaries() -> None:
+    for tmp in list(TEMPORARIES):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -253,3 +253,33 @@ def test_a_named_pipe_is_compressed_as_a_stream(tmp_path):
     assert f"{fifo} -> {fifo}.thz: {len(data):,} -> " in proc.stderr  # summarised like a file
     thrifty("decompress", str(tmp_path / "feed.thz"), "-o", str(tmp_path / "back"))
     assert (tmp_path / "back").read_bytes() == data
+
+
+def test_the_signal_watchdog_ends_a_stuck_command_and_removes_its_temporaries(tmp_path):
+    """If the main thread cannot unwind (here: a handler that returns, as if it never ran),
+    the watchdog removes the temporary files being written and ends the process itself."""
+    import signal
+
+    script = f"""
+import signal, sys, time
+from pathlib import Path
+import thrifty.cli as cli
+from thrifty import files
+cli.GRACE_S = 0.5
+signal.pthread_sigmask(signal.SIG_BLOCK, cli.STOPPING)
+cli._stop_on_signals()
+signal.pthread_sigmask(signal.SIG_UNBLOCK, cli.STOPPING)
+signal.signal(signal.SIGTERM, lambda *a: None)  # the main thread does not unwind
+tmp = Path({str(tmp_path)!r}) / ".out.thz.tmp-1"
+tmp.write_bytes(b"partial")
+files.TEMPORARIES.add(tmp)
+print("ready", flush=True)
+time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert proc.stderr.read().strip() == "thrifty: terminated by SIGTERM"
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 
 from thrifty.errors import Terminated, ThriftyError
 
@@ -20,18 +24,47 @@ COMMANDS = {
 }
 
 
-def _stop_on_signals() -> None:
-    import signal
-    import threading
+STOPPING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
-    if threading.current_thread() is not threading.main_thread():
-        return  # only the main thread may set handlers; a caller embedding main() keeps its own
+
+def _stop_on_signals() -> None:
+    """Handlers that unwind on SIGTERM and SIGHUP (as Python does on SIGINT), and a watchdog.
+    Called with the signals blocked, so that the watchdog thread is born blocking them."""
 
     def stop(signum, _frame):
         raise Terminated(signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
+    # Python runs a handler only when the main thread next runs Python code. A signal that
+    # lands just before a blocking read (of an idle pipe, say) waits for data that may never
+    # come, and an exception raised at an arbitrary point can leave a lock taken. So the C
+    # handler also writes the signal's number to a pipe that a watchdog thread waits on: if
+    # the command has not ended some seconds later, the watchdog removes the temporary files
+    # being written and ends the process itself, as zstd and gzip do on a signal.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    threading.Thread(target=_watchdog, args=(wake_r,), daemon=True, name="thrifty-signals").start()
+
+
+GRACE_S = 10.0  # unwinding a training launcher (stopping its workers) takes a few seconds
+
+
+def _watchdog(wake_r: int) -> None:
+    while True:
+        got = os.read(wake_r, 1)
+        if not got:
+            return
+        if got[0] in STOPPING:
+            break
+    time.sleep(GRACE_S)  # the main thread unwinds meanwhile; this ends the process if it hangs
+    from thrifty.files import remove_temporaries
+
+    remove_temporaries()
+    name = signal.Signals(got[0]).name
+    os.write(2, f"thrifty: {'interrupted' if name == 'SIGINT' else 'terminated by ' + name}\n".encode())
+    os._exit(128 + got[0])
 
 
 def _usage() -> str:
@@ -42,6 +75,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_process = argv is None  # the console script or python -m thrifty: signals are ours
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -58,9 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     module_name, _, function = COMMANDS[name][0].partition(":")
-    command = getattr(importlib.import_module(module_name), function or "run")
-    _stop_on_signals()
+    held = STOPPING if as_process else set()
     try:
+        # Threads started meanwhile (the watchdog; OpenBLAS's, as NumPy is imported) are born
+        # blocking the stopping signals, so the kernel hands those to the main thread, where
+        # Python runs the handlers; one taken by another thread goes unnoticed while the main
+        # thread waits in a read.
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            if as_process:
+                _stop_on_signals()
+            command = getattr(importlib.import_module(module_name), function or "run")
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         return command(rest)
     except ThriftyError as exc:
         print(f"thrifty: error: {exc}", file=sys.stderr)
@@ -72,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"thrifty: {exc}", file=sys.stderr)
         return 128 + exc.signum
     except BrokenPipeError:  # the reader went away (thrifty inspect ... | head): stop quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 141  # 128 + SIGPIPE, as a shell reports it
     except OSError as exc:  # a file the user named is missing, a directory, unreadable, ...

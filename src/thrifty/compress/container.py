@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import json
+import signal
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -111,7 +112,15 @@ class _Inline:
 
 
 def executor(threads: int):
-    return _Inline() if threads == 1 else ThreadPoolExecutor(threads, thread_name_prefix="thz")
+    if threads == 1:
+        return _Inline()
+    return ThreadPoolExecutor(threads, thread_name_prefix="thz", initializer=_leave_signals_to_main)
+
+
+def _leave_signals_to_main() -> None:
+    """Pool threads block the signals that stop a command, so that the kernel hands them to the
+    main thread, where Python runs its handlers at once (see thrifty.cli)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 # Chunks smaller than this are coded in the calling thread even when there is a pool. Coding a
