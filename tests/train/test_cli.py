@@ -159,6 +159,22 @@ def test_torchrun_runs_the_same_module(tmp_path):
     assert row["usage"]["bytes_communicated"] == s["bytes_sent_total"]
 
 
+def _launch_until_checkpoint(run: Path, step: int, *args: str) -> subprocess.Popen:
+    """``thrifty train`` on 2 workers in the background, returned once checkpoint ``step`` is
+    written."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "thrifty", "train", *args, f"--run.dir={run}", "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / f"step_{step:08d}").exists():
+        if launcher.poll() is not None or time.time() > deadline:
+            launcher.kill()
+            raise AssertionError(f"no checkpoint {step} appeared: {launcher.communicate()}")
+        time.sleep(0.05)
+    return launcher
+
+
 def _worker_pids(run_dir: Path) -> list[int]:
     needle = f"thrifty.train\0{run_dir}/config.toml".encode()
     pids = []
@@ -178,17 +194,8 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(tmp_path):
     args = [*TINY, "--model.n_embd=64", "--model.block_size=64", "--train.tokens=76800",
             "--run.checkpoint_interval=10", "--run.log_interval=10"]  # 150 steps
     run = tmp_path / "killed"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "thrifty", "train", *args, f"--run.dir={run}", "--nproc", "2",
-         "--max-restarts", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    launcher = _launch_until_checkpoint(run, 20, *args, "--max-restarts", "1")
     try:
-        deadline = time.time() + 120
-        while not (run / "checkpoints" / "step_00000020").exists():
-            assert launcher.poll() is None, launcher.communicate()
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
         pids = _worker_pids(run)
         assert len(pids) == 2
         os.kill(max(pids), signal.SIGKILL)
@@ -224,16 +231,8 @@ def test_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_path):
     and the run resumes from its last checkpoint."""
     args = [*TINY, "--train.tokens=2560000", "--run.checkpoint_interval=5"]
     run = tmp_path / "run"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "thrifty", "train", *args, f"--run.dir={run}", "--nproc", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    launcher = _launch_until_checkpoint(run, 5, *args)
     try:
-        deadline = time.time() + 120
-        while not (run / "checkpoints" / "step_00000005").exists():
-            assert launcher.poll() is None, launcher.communicate()
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
         pids = _worker_pids(run)
         launcher.send_signal(signal.SIGTERM)
         _, err = launcher.communicate(timeout=120)

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from thrifty.errors import Terminated, ThriftyError
+from thrifty.errors import STOPPING_SIGNALS, Terminated, ThriftyError
 
 COMMANDS = {
     "train": ("thrifty.cli.train", "train a GPT on one or more workers"),
@@ -22,9 +22,6 @@ COMMANDS = {
     "report": ("thrifty.cli.report:run_report", "what runs cost, by driver; --html for plots"),
     "prices": ("thrifty.cli.report:run_prices", "show the price book in force"),
 }
-
-
-STOPPING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def _stop_on_signals() -> None:
@@ -56,7 +53,7 @@ def _watchdog(wake_r: int) -> None:
         got = os.read(wake_r, 1)
         if not got:
             return
-        if got[0] in STOPPING:
+        if got[0] in STOPPING_SIGNALS:
             break
     time.sleep(GRACE_S)  # the main thread unwinds meanwhile; this ends the process if it hangs
     from thrifty.files import remove_temporaries
@@ -92,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     module_name, _, function = COMMANDS[name][0].partition(":")
-    held = STOPPING if as_process else set()
+    held = STOPPING_SIGNALS if as_process else set()
     try:
         # Threads started meanwhile (the watchdog; OpenBLAS's, as NumPy is imported) are born
         # blocking the stopping signals, so the kernel hands those to the main thread, where

@@ -34,7 +34,7 @@ import zstandard
 
 from thrifty.compress import codecs, planes
 from thrifty.compress.layouts import Segment
-from thrifty.errors import ThriftyError
+from thrifty.errors import STOPPING_SIGNALS, ThriftyError
 
 MAGIC = b"\x89THZ\r\n\x1a\n"  # PNG's trick: a text-mode transfer or a 7-bit channel breaks it
 END_MAGIC = b"THZ-END\x00"
@@ -120,7 +120,7 @@ def executor(threads: int):
 def _leave_signals_to_main() -> None:
     """Pool threads block the signals that stop a command, so that the kernel hands them to the
     main thread, where Python runs its handlers at once (see thrifty.cli)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
 
 
 # Chunks smaller than this are coded in the calling thread even when there is a pool. Coding a
