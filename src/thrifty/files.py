@@ -27,13 +27,13 @@ def atomic_writer(path: Path | str, overwrite: bool = True) -> Iterator[BinaryIO
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     TEMPORARIES.add(tmp)
     try:
-        with _naming(path):
+        with naming(path):
             f = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
-        with f:
+        with f, naming(path, writing=True):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        with _naming(path):
+        with naming(path):
             if path.is_dir():  # os.replace would say so of the temporary name
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
             if overwrite:
@@ -60,15 +60,21 @@ def remove_temporaries() -> None:
             os.unlink(tmp)
 
 
+# Errors only writing can cause: an OSError with one of these and no file name is the output's.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 @contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """OS errors about the temporary file name ``path``, the file the user asked for."""
+def naming(path: Path | str, writing: bool = False) -> Iterator[None]:
+    """OS errors about the temporary file (or, ``writing``, a full disk met while writing to
+    it) name ``path``, the file the user asked for."""
     try:
         yield
     except OSError as e:
-        if e.filename == str(path):
+        if e.filename == str(path) or (writing and (e.filename or e.errno not in WRITE_ERRNOS)):
             raise
         raise type(e)(e.errno, e.strerror, str(path)) from None
+
 
 
 def write_atomic(path: Path | str, data: bytes) -> None:

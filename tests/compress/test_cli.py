@@ -283,3 +283,11 @@ time.sleep(60)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert proc.stderr.read().strip() == "thrifty: terminated by SIGTERM"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_output_is_named_not_the_input(weights):
+    with open("/dev/full", "wb") as full:  # every write fails with ENOSPC
+        proc = subprocess.run([sys.executable, "-m", "thrifty", "compress", str(weights), "-c", "-f"],
+                              stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "thrifty: error: stdout: No space left on device"

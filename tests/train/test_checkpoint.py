@@ -92,6 +92,21 @@ def test_write_atomic_errors_name_the_target_not_the_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and (tmp_path / "d").is_dir()
 
 
+def test_a_full_disk_is_the_output_s_error(tmp_path):
+    import errno
+
+    from thrifty.files import atomic_writer
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(OSError) as err, atomic_writer(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # what a write() meets
+    assert err.value.filename == str(target) and err.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as err, atomic_writer(target):
+        raise OSError(errno.EIO, "Input/output error")  # could be the input's: left unnamed
+    assert err.value.filename is None
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_files_are_stored_compressed_or_plain(tmp_path, compress):
     state = {"w": torch.randn(200, 100), "m": torch.zeros(200, 100)}

@@ -86,14 +86,15 @@ def _progress(total: int | None, name: str, quiet: bool):
 def _stream(src: Path | None, args, to_stdout: bool, code, dst: Path | None = None) -> None:
     """Run ``code(f_in, f_out, name)`` from a file or stdin to stdout, or to ``-o`` (or ``dst``)
     atomically."""
-    from thrifty.files import atomic_writer
+    from thrifty.files import atomic_writer, naming
 
     name = "stdin" if src is None else str(src)
     f = sys.stdin.buffer if src is None else open(src, "rb")  # noqa: SIM115
     try:
         if to_stdout:
-            code(f, sys.stdout.buffer, name)
-            sys.stdout.buffer.flush()
+            with naming("stdout", writing=True):  # a full disk is the output's, not the input's
+                code(f, sys.stdout.buffer, name)
+                sys.stdout.buffer.flush()
             return
         if not args.output and dst is None:
             raise ThriftyError("stdin input needs -o FILE or -c")
