@@ -265,9 +265,8 @@ import signal, sys, time
 from pathlib import Path
 import thrifty.cli as cli
 from thrifty import files
-cli.GRACE_S = 0.5
 signal.pthread_sigmask(signal.SIG_BLOCK, cli.STOPPING_SIGNALS)
-cli._stop_on_signals()
+cli._stop_on_signals(0.5)
 signal.pthread_sigmask(signal.SIG_UNBLOCK, cli.STOPPING_SIGNALS)
 signal.signal(signal.SIGTERM, lambda *a: None)  # the main thread does not unwind
 tmp = Path({str(tmp_path)!r}) / ".out.thz.tmp-1"

@@ -24,7 +24,7 @@ COMMANDS = {
 }
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals(grace_s: float) -> None:
     """Handlers that unwind on SIGTERM and SIGHUP (as Python does on SIGINT), and a watchdog.
     Called with the signals blocked, so that the watchdog thread is born blocking them."""
 
@@ -37,25 +37,29 @@ def _stop_on_signals() -> None:
     # lands just before a blocking read (of an idle pipe, say) waits for data that may never
     # come, and an exception raised at an arbitrary point can leave a lock taken. So the C
     # handler also writes the signal's number to a pipe that a watchdog thread waits on: if
-    # the command has not ended some seconds later, the watchdog removes the temporary files
+    # the command has not ended ``grace_s`` later, the watchdog removes the temporary files
     # being written and ends the process itself, as zstd and gzip do on a signal.
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    threading.Thread(target=_watchdog, args=(wake_r,), daemon=True, name="thrifty-signals").start()
+    threading.Thread(target=_watchdog, args=(wake_r, grace_s), daemon=True,
+                     name="thrifty-signals").start()
 
 
-GRACE_S = 10.0  # unwinding a training launcher (stopping its workers) takes a few seconds
+# How long a command may take to unwind after a stopping signal. A training launcher stops
+# its workers first, and torch's agent gives them 30 s before it kills them.
+GRACE_S = {"train": 40.0}
+DEFAULT_GRACE_S = 5.0
 
 
-def _watchdog(wake_r: int) -> None:
+def _watchdog(wake_r: int, grace_s: float) -> None:
     while True:
         got = os.read(wake_r, 1)
         if not got:
             return
         if got[0] in STOPPING_SIGNALS:
             break
-    time.sleep(GRACE_S)  # the main thread unwinds meanwhile; this ends the process if it hangs
+    time.sleep(grace_s)  # the main thread unwinds meanwhile; this ends the process if it hangs
     from thrifty.files import remove_temporaries
 
     remove_temporaries()
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             if as_process:
-                _stop_on_signals()
+                _stop_on_signals(GRACE_S.get(name, DEFAULT_GRACE_S))
             command = getattr(importlib.import_module(module_name), function or "run")
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
