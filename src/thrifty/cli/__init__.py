@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     module_name, _, function = COMMANDS[name][0].partition(":")
-    held = STOPPING_SIGNALS if as_process else set()
+    held = STOPPING_SIGNALS if as_process else set()  # an embedding caller keeps its own
     try:
         # Threads started meanwhile (the watchdog; OpenBLAS's, as NumPy is imported) are born
         # blocking the stopping signals, so the kernel hands those to the main thread, where
