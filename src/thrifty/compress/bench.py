@@ -1,8 +1,9 @@
 """One input, every codec a user might reach for, side by side: ratio and MB/s each way.
 
 Every codec gets its own copy of the input (ZipNN 0.5.4 rewrites its input buffer in place),
-every result is decoded and compared with the input, and each time is the best of ``repeat``
-runs so that a noisy moment on a shared machine counts against nobody.
+every result is decoded and compared with the input, the codecs take turns round by round, and
+each time is the best of ``repeat`` rounds, so that a noisy moment on a shared machine counts
+against nobody, and against no codec more than the others.
 """
 
 from __future__ import annotations
@@ -26,25 +27,42 @@ class Result:
     note: str = ""
 
 
-def _best(fn: Callable[[bytes], bytes], data: bytes, repeat: int) -> tuple[float, bytes]:
-    """Best time of ``fn`` over ``repeat`` runs, each on a fresh copy made outside the clock."""
-    best, out = float("inf"), b""
-    for _ in range(repeat):
-        arg = bytes(bytearray(data))  # bytes(b) would hand back b itself, not a copy
-        t0 = time.perf_counter()
-        out = fn(arg)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+@dataclass
+class _Codec:
+    name: str
+    enc: Callable[[bytes], bytes]
+    dec: Callable[[bytes], bytes]
+    rounds: int
+    threads: int
+    note: str = ""
 
 
-def _measure(name: str, data: bytes, enc, dec, repeat: int, threads: int, note: str = "") -> Result:
-    t_c, blob = _best(enc, data, repeat)
-    blob = bytes(bytearray(blob))
-    t_d, back = _best(dec, blob, repeat)
-    if bytes(back) != data:
-        raise AssertionError(f"{name} did not round-trip")
+def _measure(codecs: list[_Codec], data: bytes) -> list[Result]:
+    """Ratio and best MB/s each way for every codec. The codecs take turns, one compression and
+    one decompression each per round, so that a noisy stretch of a shared machine falls on all
+    of them alike rather than on whichever ran then. Every run gets a fresh copy of its input,
+    made outside the clock, and every decoding is compared with the input."""
+    best = {c.name: [float("inf"), float("inf"), 0] for c in codecs}
+    for r in range(max(c.rounds for c in codecs)):
+        for c in codecs:
+            if r >= c.rounds:
+                continue
+            arg = bytes(bytearray(data))  # bytes(b) would hand back b itself, not a copy
+            t0 = time.perf_counter()
+            blob = c.enc(arg)
+            t_c = time.perf_counter() - t0
+            arg = bytes(bytearray(blob))
+            t0 = time.perf_counter()
+            back = c.dec(arg)
+            t_d = time.perf_counter() - t0
+            if bytes(back) != data:
+                raise AssertionError(f"{c.name} did not round-trip")
+            b = best[c.name]
+            b[0], b[1], b[2] = min(b[0], t_c), min(b[1], t_d), len(blob)
+            del blob, arg, back
     mb = len(data) / 1e6
-    return Result(name, len(data) / len(blob), mb / t_c, mb / t_d, threads, note)
+    return [Result(c.name, len(data) / best[c.name][2], mb / best[c.name][0], mb / best[c.name][1],
+                   c.threads, c.note) for c in codecs]
 
 
 def float_dtype(data: bytes) -> str | None:
@@ -60,41 +78,39 @@ def float_dtype(data: bytes) -> str | None:
 
 
 def run_all(data: bytes, threads: int = 1, repeat: int = 3, zstd19: bool = True) -> list[Result]:
+    """Every codec on ``data``, best of ``repeat`` rounds (zstd -19, at about 2 MB/s, runs once)."""
     import lz4.frame
     import zstandard
 
     from thrifty import compress
 
-    results = [_measure(
-        "thrifty", data,
-        lambda d: compress.compress_bytes(d, threads=threads),
-        lambda b: compress.decompress_bytes(b, threads=threads), repeat, threads,
-    )]
+    codecs = [_Codec("thrifty", lambda d: compress.compress_bytes(d, threads=threads),
+                     lambda b: compress.decompress_bytes(b, threads=threads), repeat, threads)]
     zthreads = threads if threads > 1 else 0  # 0: zstd's single-threaded mode
     for level in (3, 19) if zstd19 else (3,):
         c = zstandard.ZstdCompressor(level=level, threads=zthreads)
-        d = zstandard.ZstdDecompressor()
-        results.append(_measure(f"zstd -{level}", data, c.compress, d.decompress,
-                                repeat if level < 10 else 1, threads,
-                                "" if threads == 1 else "decompression single-threaded"))
-    results.append(_measure("lz4", data, lz4.frame.compress, lz4.frame.decompress, repeat, 1,
-                            "single-threaded"))
-    results.append(_measure("zlib -6", data, lambda d: zlib.compress(d, 6), zlib.decompress,
-                            repeat, 1, "single-threaded"))
+        codecs.append(_Codec(f"zstd -{level}", c.compress, zstandard.ZstdDecompressor().decompress,
+                             repeat if level < 10 else 1, threads,
+                             "" if threads == 1 else "decompression single-threaded"))
+    codecs.append(_Codec("lz4", lz4.frame.compress, lz4.frame.decompress, repeat, 1,
+                         "single-threaded"))
+    codecs.append(_Codec("zlib -6", lambda d: zlib.compress(d, 6), zlib.decompress, repeat, 1,
+                         "single-threaded"))
     dtype = float_dtype(data)
     try:
         from zipnn import ZipNN
     except ImportError:
         ZipNN = None  # noqa: N806
+    missing = None
     if ZipNN is None:
-        results.append(Result("ZipNN", 0, 0, 0, threads, "not installed"))
+        missing = Result("ZipNN", 0, 0, 0, threads, "not installed")
     elif dtype is None:
-        results.append(Result("ZipNN", 0, 0, 0, threads, "not float weights"))
+        missing = Result("ZipNN", 0, 0, 0, threads, "not float weights")
     else:
         z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
-        results.append(_measure("ZipNN", data, z.compress, z.decompress, repeat, threads,
-                                f"as {dtype}"))
-    return results
+        codecs.append(_Codec("ZipNN", z.compress, z.decompress, repeat, threads, f"as {dtype}"))
+    results = _measure(codecs, data)
+    return results + ([missing] if missing else [])
 
 
 def table(results: list[Result]) -> str:
