@@ -54,6 +54,21 @@ def test_float_planes_put_the_bfloat16_exponent_in_plane_0():
     assert [b >> 7 for b in rest] == [0, 1, 0, 1]  # the sign, moved beside the mantissa
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 8191, 8192, 12287, 1 << 20])
+def test_plane_entropy_estimate(size):
+    """The estimate that decides whether a mantissa plane is worth coding, at every sample
+    size it can meet, against the entropy worked out directly from the same sample."""
+    rng = np.random.default_rng(size)
+    for plane in (rng.integers(0, 256, size, dtype=np.uint8), np.full(size, 7, np.uint8),
+                  rng.integers(0, 2, size, dtype=np.uint8) * 255):
+        sample = plane[::max(1, size // 4096)]
+        p = np.bincount(sample, minlength=256) / max(sample.size, 1)
+        want = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+        assert planes.entropy_bits(memoryview(plane)) == pytest.approx(want, abs=1e-9)
+    if size >= 4096:
+        assert planes.entropy_bits(rng.integers(0, 256, size, dtype=np.uint8)) > 7.9
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
 def test_float_weights_compress_better_than_zstd(dtype):
     import zstandard

@@ -17,6 +17,8 @@ of both compression and decompression.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 NONE, FLOAT, BYTES = 0, 1, 2
@@ -96,14 +98,17 @@ def _rebuild(value: np.ndarray, ps: list[np.ndarray], width: int) -> None:
         value |= ps[3]
 
 
-def entropy_bits(plane: np.ndarray | memoryview, samples: int = 4096) -> float:
-    """Order-0 entropy in bits per byte, estimated from about ``samples`` evenly spaced bytes
-    (4096 underestimate a uniformly random plane's 8 bits by about 0.05)."""
+_SAMPLES = 4096
+# c * log2(c) for every count a sample can hold (fewer than 2 * _SAMPLES bytes), 0 for c = 0
+_C_LOG_C = np.concatenate([[0.0], np.arange(1, 2 * _SAMPLES) * np.log2(np.arange(1, 2 * _SAMPLES))])
+
+
+def entropy_bits(plane: np.ndarray | memoryview) -> float:
+    """Order-0 entropy in bits per byte, estimated from 4096 to 8191 evenly spaced bytes (4096
+    underestimate a uniformly random plane's 8 bits by about 0.05). It runs once per plane of
+    every chunk, so it is three NumPy calls: H = log2 N - sum(c log2 c) / N over the counts."""
     arr = np.frombuffer(plane, dtype=np.uint8)
-    arr = arr[::max(1, arr.size // samples)]
+    arr = arr[::max(1, arr.size // _SAMPLES)]
     if arr.size == 0:
         return 0.0
-    counts = np.bincount(arr, minlength=256)
-    counts = counts[counts > 0]
-    # H = log2 N - sum(c log2 c) / N: one pass over at most 256 counts
-    return float(np.log2(arr.size) - np.dot(counts, np.log2(counts)) / arr.size)
+    return math.log2(arr.size) - float(_C_LOG_C.take(np.bincount(arr, minlength=256)).sum()) / arr.size
