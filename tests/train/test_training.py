@@ -141,6 +141,7 @@ def test_resume_on_another_number_of_workers(runs, tmp_path):
     assert s["world_size"] == 1 and s["steps"] == STEPS
     assert s["bytes_sent_total"] == 2 * before + (s["bytes_sent_per_worker"] - before)
     assert s["bytes_sent_per_worker"] == before  # a group of one sends nothing
+    assert s["syncs"] == at5["strategy"]["counter"]["syncs"] == 5  # and syncs with nobody
 
 
 @pytest.mark.parametrize("strategy, held", [

@@ -334,8 +334,9 @@ def run_inspect(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
+    n = len(archive.index["chunks"])
     print(f"{args.file}: {h['kind']}, {h['codec']} level {h['level']}, "
-          f"{len(archive.index['chunks'])} chunks of up to {h['chunk_size']:,} bytes")
+          f"{n} chunk{'' if n == 1 else 's'} of up to {h['chunk_size']:,} bytes")
     print(f"{stats.original:,} -> {stats.stored:,} bytes ({_fmt_ratio(stats.original, stats.stored)})\n")
     name_w = min(48, max([len(r["name"]) for r in rows] + [4]))
     print(f"{'name':<{name_w}}  {'dtype':<5}  {'bytes':>13}  {'ratio':>7}  planes (most significant first)")

@@ -88,9 +88,9 @@ class DDP(Strategy):
     def backward(self, loss: torch.Tensor) -> None:
         if self.world_size == 1:  # DDP still calls all-reduce on a group of one: nothing is sent
             loss.backward()
-        else:
-            with counting_all_reduce(self.counter):
-                loss.backward()
+            return
+        with counting_all_reduce(self.counter):
+            loss.backward()
         self.counter.syncs += 1
 
     # PowerSGD keeps its error feedback and warm-start factors as one flat tensor per bucket, in
