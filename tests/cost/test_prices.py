@@ -82,3 +82,6 @@ def test_device_names_map_to_price_book_keys():
     assert prices.accelerator_key("NVIDIA A100-SXM4-80GB") == "a100-80gb"
     assert prices.accelerator_key("NVIDIA A100-SXM4-40GB") == "a100-40gb"
     assert prices.accelerator_key("Quadro X") == "cuda:Quadro X"
+    assert prices.accelerator_key("NVIDIA L4") == "l4"
+    # a longer name that merely starts like a priced one is not priced as it
+    assert prices.accelerator_key("NVIDIA L40S") == "cuda:NVIDIA L40S"

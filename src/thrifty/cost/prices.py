@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -109,6 +110,12 @@ class PriceBook:
         return self.data["defaults"]["mfu"]
 
 
+def names_device(fragment: str, device_name: str) -> bool:
+    """Whether ``fragment`` (say "L4") names ``device_name`` as torch gives it: as whole words,
+    so that "NVIDIA L4" matches and "NVIDIA L40S" or "NVIDIA A10G" do not."""
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(fragment)}(?![A-Za-z0-9])", device_name) is not None
+
+
 # torch.cuda.get_device_name() fragments -> price-book keys; more specific names first.
 _GPU_KEYS = [("H200", "h200"), ("H100 PCIe", "h100-pcie"), ("H100", "h100-sxm"),
              ("A100-SXM4-80GB", "a100-80gb"), ("A100 80GB", "a100-80gb"), ("A100", "a100-40gb"),
@@ -118,7 +125,7 @@ _GPU_KEYS = [("H200", "h200"), ("H100 PCIe", "h100-pcie"), ("H100", "h100-sxm"),
 def accelerator_key(device_name: str) -> str:
     """The price-book key of a device as torch names it; ``cuda:<name>`` when none matches."""
     for fragment, key in _GPU_KEYS:
-        if fragment in device_name:
+        if names_device(fragment, device_name):
             return key
     return f"cuda:{device_name}"
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from thrifty.cost.meter import process_cpu_seconds
+from thrifty.cost.prices import names_device
 from thrifty.train.checkpoint import write_atomic
 
 # Peak dense bf16 tensor-core TFLOP/s (without sparsity), from the vendors' data sheets. Matched
-# against torch.cuda.get_device_name() in order, so more specific names come first.
+# as whole words against torch.cuda.get_device_name(), in order: more specific names first.
 GPU_PEAK_TFLOPS: list[tuple[str, float]] = [
     ("H200", 989.0),  # NVIDIA H200 SXM data sheet
     ("H100 PCIe", 756.0),  # NVIDIA H100 data sheet, PCIe
@@ -24,6 +25,7 @@ GPU_PEAK_TFLOPS: list[tuple[str, float]] = [
     ("A100", 312.0),  # NVIDIA A100 data sheet (40 and 80 GB)
     ("A10", 125.0),  # NVIDIA A10 data sheet
     ("L40S", 362.0),  # NVIDIA L40S data sheet
+    ("L40", 181.0),  # NVIDIA L40 data sheet
     ("L4", 121.0),  # NVIDIA L4 data sheet
     ("RTX 4090", 165.2),  # NVIDIA Ada whitepaper: bf16 with fp32 accumulate, dense
     ("V100", 125.0),  # fp16 tensor cores (V100 has no bf16)
@@ -34,7 +36,7 @@ GPU_PEAK_TFLOPS: list[tuple[str, float]] = [
 def gpu_peak_flops(device: torch.device) -> tuple[float | None, str]:
     name = torch.cuda.get_device_name(device)
     for key, tflops in GPU_PEAK_TFLOPS:
-        if key in name:
+        if names_device(key, name):
             return tflops * 1e12, f"table: {name}"
     return None, f"unknown GPU {name!r}: no peak on record, MFU not reported"
 
