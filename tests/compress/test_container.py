@@ -183,6 +183,34 @@ def test_read_one_tensor_without_decoding_the_rest(tmp_path):
         compress.read_tensor(path, "ids")
 
 
+@pytest.mark.parametrize("size", [0, 1000, 4 << 20, (4 << 20) + 3])
+def test_decoded_buffers_are_writable_and_outlive_everything_but_their_views(size, tmp_path):
+    """Big outputs come from a populated anonymous mapping, small ones from NumPy; either way
+    the result is writable, exactly as long as the original, and lives as long as a view of
+    it does (decompress_bytes' memoryview, or load_tensors' tensors)."""
+    import gc
+
+    import mmap
+
+    buf = container.new_buffer(size)
+    assert len(buf) == size and not buf.readonly
+    assert isinstance(buf.obj, mmap.mmap) == (size >= 4 << 20 and hasattr(mmap, "MAP_POPULATE"))
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    out = compress.decompress_bytes(compress.compress_bytes(data))
+    gc.collect()
+    assert bytes(out) == data and not out.readonly
+    if size:
+        out[0] ^= 1  # the caller may write to it
+    from safetensors.torch import save_file
+
+    weights = torch.randn(size // 4 + 1)
+    save_file({"w": weights}, tmp_path / "w.safetensors")
+    compress.compress_file(tmp_path / "w.safetensors", tmp_path / "w.thz")
+    loaded = compress.load_tensors(tmp_path / "w.thz")["w"]
+    gc.collect()
+    assert torch.equal(loaded, weights)
+
+
 def _safetensors(entries: list[tuple[str, str, list[int], bytes]]) -> bytes:
     """A safetensors file written by hand, its data starting 8-aligned as safetensors does."""
     import json

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import json
+import mmap
 import signal
 import struct
 import zlib
@@ -130,6 +131,28 @@ def _leave_signals_to_main() -> None:
 # GPT checkpoint's 256 KiB chunks decoded slower on 2 threads than on 1.
 SMALL_CHUNK = 512 << 10
 _INLINE = _Inline()
+
+
+def new_buffer(size: int) -> memoryview:
+    """A writable buffer of ``size`` bytes for a decoder to fill, its pages already in memory.
+
+    A big buffer is an anonymous mapping with MAP_POPULATE (Linux): the kernel supplies all its
+    pages in one call instead of one fault at a time as the decoders first write to them, which
+    on 2 threads means none of the faults land on the pool. NumPy's allocation, which asks for
+    huge pages, was bimodal on the development VM: 11 ms to fill 90 MB when its memory had just
+    been used, 75-125 ms when it had not (as for a file decoded once, which is the usual case);
+    the populated mapping took 36-40 ms every time, and decompression at 2 threads ran 1.2-2x
+    as fast with it in the side-by-side benchmark (docs/benchmarks.md, fifth session)."""
+    if size >= _POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
+        try:
+            return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                                        | mmap.MAP_POPULATE))
+        except OSError:  # no room for it all at once: let the pages come as they are written
+            pass
+    return memoryview(np.empty(size, np.uint8))
+
+
+_POPULATE_FROM = 4 << 20
 
 
 # ---------------------------------------------------------------- coding one chunk
@@ -572,7 +595,7 @@ class Archive:
         it, the (at most two) cut by its ends are decoded aside and their share copied in."""
         if start < 0 or length < 0 or start + length > self.size:
             raise ThriftyError(f"{self.name}: range {start}+{length} is outside 0..{self.size}")
-        out = memoryview(np.empty(length, np.uint8))
+        out = new_buffer(length)
         table = self.index["chunks"]
         wanted = [i for i, (_, ro, rl) in enumerate(table) if ro < start + length and ro + rl > start]
         pool = executor(self.threads)
