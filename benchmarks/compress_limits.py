@@ -14,6 +14,9 @@ Three tables, no targets (exit status 0 unless something fails to round-trip):
    zstd alone and for thrifty's per-chunk coding; beside it thrifty's and ZipNN's own
    1- and 2-thread runs. Where zstd alone gains little from a second thread, no Python-level
    change will make a codec that calls it scale better.
+5. What ``decompress_bytes`` decodes into: NumPy's buffer (which asks for huge pages) against
+   thrifty's ``container.new_buffer`` (an anonymous mapping the kernel populates in one call),
+   each measured inside the side-by-side run of every codec that ``compress.py`` makes.
 
 Usage: python benchmarks/compress_limits.py
 """
@@ -216,6 +219,34 @@ def scale_rows(data: bytes) -> list[str]:
     return rows
 
 
+BUFFER_HEAD = ["| threads | decoded into | thrifty decompress MB/s | ZipNN's, same run | thrifty / ZipNN |",
+               "|---|---|---|---|---|"]
+
+
+def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
+    """decompress_bytes inside the side-by-side measurement (every codec in turn, as
+    compress.py runs them), decoding into NumPy's buffer and into thrifty's populated mapping."""
+    import thrifty.compress as tc
+    from thrifty.compress import bench
+
+    def numpy_buffer(self, size):
+        self.buffer = memoryview(np.empty(size, np.uint8))
+        return self.buffer
+
+    ways = {"np.empty (huge pages)": numpy_buffer, "container.new_buffer": tc._Fill.reserve}
+    rows, kept = [], tc._Fill.reserve
+    try:
+        for threads in (1, 2):
+            for label, reserve in ways.items():
+                tc._Fill.reserve = reserve
+                by = {r.name: r for r in bench.run_all(data, threads, rounds, zstd19=False)}
+                ours, zipnn = by["thrifty"].decompress_mb_s, by["ZipNN"].decompress_mb_s
+                rows.append(f"| {threads} | {label} | {ours:,.0f} | {zipnn:,.0f} | {ours / zipnn:.2f}x |")
+    finally:
+        tc._Fill.reserve = kept
+    return rows
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -231,6 +262,8 @@ def main() -> int:
                          *chunk_rows("token shard (uint16)", token_shard(work / "t.npy").read_bytes())]))
         print(f"\n## What a second thread buys on this machine, best of {REPEAT}\n")
         print("\n".join([*SCALE_HEAD, *scale_rows(bf16.read_bytes())]))
+        print("\n## What decompress_bytes decodes into, MiniLM bf16, best of 3 rounds\n")
+        print("\n".join([*BUFFER_HEAD, *buffer_rows(bf16.read_bytes())]))
     print("\n" + machine())
     return 0
 

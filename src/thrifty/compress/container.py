@@ -137,12 +137,12 @@ def new_buffer(size: int) -> memoryview:
     """A writable buffer of ``size`` bytes for a decoder to fill, its pages already in memory.
 
     A big buffer is an anonymous mapping with MAP_POPULATE (Linux): the kernel supplies all its
-    pages in one call instead of one fault at a time as the decoders first write to them, which
-    on 2 threads means none of the faults land on the pool. NumPy's allocation, which asks for
-    huge pages, was bimodal on the development VM: 11 ms to fill 90 MB when its memory had just
-    been used, 75-125 ms when it had not (as for a file decoded once, which is the usual case);
-    the populated mapping took 36-40 ms every time, and decompression at 2 threads ran 1.2-2x
-    as fast with it in the side-by-side benchmark (docs/benchmarks.md, fifth session)."""
+    pages in one call rather than one fault at a time as the decoders first write to them.
+    NumPy's own buffer (it asks for huge pages) is faster when the process has just freed
+    memory of that size, and several times slower when it has not: in the side-by-side
+    benchmark, where other codecs run between thrifty's turns, MiniLM decoded at 284-702 MB/s
+    into NumPy's buffer and at 924-1,087 into this one (docs/benchmarks.md, fifth session;
+    ``benchmarks/compress_limits.py`` shows both ways in one run)."""
     if size >= _POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
         try:
             return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
