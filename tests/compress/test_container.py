@@ -189,7 +189,6 @@ def test_decoded_buffers_are_writable_and_outlive_everything_but_their_views(siz
     the result is writable, exactly as long as the original, and lives as long as a view of
     it does (decompress_bytes' memoryview, or load_tensors' tensors)."""
     import gc
-
     import mmap
 
     buf = container.new_buffer(size)
