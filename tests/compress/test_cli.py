@@ -255,6 +255,20 @@ def test_a_named_pipe_is_compressed_as_a_stream(tmp_path):
     assert (tmp_path / "back").read_bytes() == data
 
 
+def test_a_process_substitution_needs_an_output(tmp_path):
+    """<(...) is /dev/fd/N, where no N.thz can be written: one line asks for -o or -c, and with
+    -o it is coded like any stream."""
+    cmd = f"{sys.executable} -m thrifty compress <(printf hello)"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "not a regular file" in proc.stderr and "give -o FILE or -c" in proc.stderr
+    out = tmp_path / "hello.thz"
+    proc = subprocess.run(["bash", "-c", f"{cmd} -o {out}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    thrifty("decompress", str(out), "-o", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == b"hello"
+
+
 def test_the_signal_watchdog_ends_a_stuck_command_and_removes_its_temporaries(tmp_path):
     """If the main thread cannot unwind (here: a handler that returns, as if it never ran),
     the watchdog removes the temporary files being written and ends the process itself."""

@@ -130,6 +130,11 @@ def _to_stdout(args) -> bool:
     return to
 
 
+def _system_path(p: Path) -> bool:
+    """Under /dev or /proc: a process substitution, a device, nowhere to write a file beside."""
+    return p.absolute().parts[1:2] in (("dev",), ("proc",))
+
+
 def byte_size(text: str) -> int:
     """``4096``, ``64K``, ``64KiB``, ``4M``, ``1MiB``, ``1G``: binary units, as zstd reads them."""
     units = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
@@ -186,6 +191,10 @@ def run_compress(argv: list[str]) -> int:
                 done.append(stats)
 
             dst = src.with_name(src.name + thz.SUFFIX) if piped else None
+            if dst is not None and not (args.output or to_stdout) and _system_path(src):
+                # <(...) is /dev/fd/N: no NAME.thz can be made beside it
+                raise ThriftyError(f"{src}: not a regular file, and no {src.name}{thz.SUFFIX} can "
+                                   "be written beside it; give -o FILE or -c")
             _stream(src, args, to_stdout, code, dst)
             if done and not args.quiet and not to_stdout:
                 _summary(src or "stdin", args.output or dst, done[0], False)
