@@ -76,7 +76,6 @@ def naming(path: Path | str, writing: bool = False) -> Iterator[None]:
         raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
-
 def write_atomic(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` holds either the old content or all of it."""
     with atomic_writer(path) as f:
