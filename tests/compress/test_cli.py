@@ -129,6 +129,12 @@ def test_bad_arguments(tmp_path, weights):
     assert_one_line_error(thrifty("compress", str(weights), "-f", "-o", str(weights), check=False),
                           "input and output are the same file")
     assert weights.read_bytes() == before
+    # the same through stdin: `thrifty compress -f -o x < x` would replace x with its own coding
+    with open(weights, "rb") as stdin:
+        proc = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-", "-f", "-o", str(weights)],
+                              stdin=stdin, capture_output=True, text=True)
+    assert_one_line_error(proc, "stdin: input and output are the same file")
+    assert weights.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 

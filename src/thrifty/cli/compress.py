@@ -99,6 +99,8 @@ def _stream(src: Path | None, args, to_stdout: bool, code, dst: Path | None = No
         if not args.output and dst is None:
             raise ThriftyError("stdin input needs -o FILE or -c")
         dst = Path(args.output) if args.output else dst
+        if dst.exists() and os.path.samestat(os.fstat(f.fileno()), os.stat(dst)):
+            raise ThriftyError(f"{name}: input and output are the same file")  # < x -o x -f
         if dst.exists() and not args.force:
             raise ThriftyError(f"{dst}: already exists (use -f to overwrite)")
         with atomic_writer(dst, overwrite=args.force) as out:
