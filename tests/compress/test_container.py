@@ -24,9 +24,22 @@ def _float_bytes(n: int, dtype: torch.dtype, seed: int = 0) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if dtype != torch.float32 else t.numpy().tobytes()
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def impl(request, monkeypatch):
+    """Each plane test runs on the compiled transform and on the NumPy one it falls back to."""
+    if request.param == "numpy":
+        monkeypatch.setattr(planes, "compiled", None)
+    return request.param
+
+
+def test_the_compiled_transform_was_built():
+    """make's install builds it; without it thrifty still works, several times slower."""
+    assert planes.compiled is not None, "thrifty.compress._planes was not built (no C compiler?)"
+
+
 @pytest.mark.parametrize("transform", [planes.FLOAT, planes.BYTES])
 @pytest.mark.parametrize("width", [2, 4, 8])
-def test_planes_split_and_merge_are_inverse(transform, width):
+def test_planes_split_and_merge_are_inverse(transform, width, impl):
     data = np.random.default_rng(width).integers(0, 256, 64 * width, dtype=np.uint8).tobytes()
     parts = planes.split(data, transform, width)
     assert len(parts) == width and all(len(p) == 64 for p in parts)
@@ -36,7 +49,7 @@ def test_planes_split_and_merge_are_inverse(transform, width):
 @pytest.mark.parametrize("transform,width", [(planes.NONE, 1), (planes.FLOAT, 2), (planes.FLOAT, 4),
                                              (planes.FLOAT, 8), (planes.BYTES, 2), (planes.BYTES, 4)])
 @pytest.mark.parametrize("offset", [0, 1, 2])
-def test_planes_merge_into_a_given_buffer_aligned_or_not(transform, width, offset):
+def test_planes_merge_into_a_given_buffer_aligned_or_not(transform, width, offset, impl):
     """Decoding fills its final buffer in place; chunks may start at any byte of it."""
     data = np.random.default_rng(offset).integers(0, 256, 1000 * width, dtype=np.uint8).tobytes()
     parts = [bytes(p) for p in planes.split(data, transform, width)]
@@ -47,11 +60,38 @@ def test_planes_merge_into_a_given_buffer_aligned_or_not(transform, width, offse
     assert (buffer[:offset] == 0xAA).all() and (buffer[offset + len(data):] == 0xAA).all()
 
 
-def test_float_planes_put_the_bfloat16_exponent_in_plane_0():
+def test_float_planes_put_the_bfloat16_exponent_in_plane_0(impl):
     values = torch.tensor([1.0, -1.0, 2.0, -0.5], dtype=torch.bfloat16)
     exponent, rest = planes.split(values.view(torch.uint8).numpy().tobytes(), planes.FLOAT, 2)
     assert list(exponent) == [127, 127, 128, 126]  # the biased exponent, sign moved out
     assert [b >> 7 for b in rest] == [0, 1, 0, 1]  # the sign, moved beside the mantissa
+
+
+@given(st.binary(max_size=4000), st.sampled_from([planes.FLOAT, planes.BYTES]),
+       st.sampled_from([2, 4, 8]))
+def test_compiled_planes_match_numpy_byte_for_byte(data, transform, width):
+    data = data[:len(data) // width * width]
+    ours, theirs = planes.compiled.split(data, transform, width), planes.split_numpy(data, transform, width)
+    assert [bytes(p) for p in ours] == [bytes(p) for p in theirs]
+    a, b = np.full(len(data), 1, np.uint8), np.full(len(data), 2, np.uint8)
+    planes.compiled.merge(ours, transform, width, a)
+    planes.merge_numpy(ours, transform, width, b)
+    assert bytes(a) == bytes(b) == data
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda c: c.split(b"abc", planes.FLOAT, 2), "not whole values"),
+    (lambda c: c.split(b"abcd", planes.FLOAT, 3), "no plane transform"),
+    (lambda c: c.split(b"abcd", planes.NONE, 2), "no plane transform"),
+    (lambda c: c.merge([b"ab"], planes.FLOAT, 2, bytearray(4)), "1 planes for values of width 2"),
+    (lambda c: c.merge([b"ab", b"a"], planes.FLOAT, 2, bytearray(4)), "differ in length"),
+    (lambda c: c.merge([b"ab", b"ab"], planes.FLOAT, 2, bytearray(5)), "output holds 5"),
+    (lambda c: c.merge([b"ab", b"ab"], planes.FLOAT, 2, b"read"), "read-write"),
+])
+def test_compiled_planes_refuse_what_does_not_fit(call, message):
+    """Checked in C before any byte is written: a mismatch would otherwise write out of bounds."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(planes.compiled)
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 8191, 8192, 12287, 1 << 20])

@@ -217,8 +217,8 @@ class _Fill:
     def __init__(self):
         self.buffer: memoryview | bytearray = bytearray()
 
-    def reserve(self, size: int) -> memoryview:
-        self.buffer = container.new_buffer(size)
+    def reserve(self, size: int, threads: int = 1) -> memoryview:
+        self.buffer = container.new_buffer(size, threads)
         return self.buffer
 
     def write(self, b) -> int:

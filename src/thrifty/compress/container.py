@@ -133,7 +133,7 @@ SMALL_CHUNK = 512 << 10
 _INLINE = _Inline()
 
 
-def new_buffer(size: int) -> memoryview:
+def new_buffer(size: int, threads: int = 1) -> memoryview:
     """A writable buffer of ``size`` bytes for a decoder to fill, its pages already in memory.
 
     A big buffer is an anonymous mapping with MAP_POPULATE (Linux): the kernel supplies all its
@@ -143,6 +143,8 @@ def new_buffer(size: int) -> memoryview:
     benchmark, where other codecs run between thrifty's turns, MiniLM decoded at 284-702 MB/s
     into NumPy's buffer and at 924-1,087 into this one (docs/benchmarks.md, fifth session;
     ``benchmarks/compress_limits.py`` shows both ways in one run)."""
+    if size >= _POPULATE_FROM and threads > 1:
+        return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
     if size >= _POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
         try:
             return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
@@ -508,7 +510,7 @@ def read_all(
     size = reader.header.get("original_size")
     # A sink that can hand out its own memory (decompress_bytes) has chunks decoded straight
     # into it; any other gets each chunk written to it in order.
-    target = out.reserve(size) if size is not None and hasattr(out, "reserve") else None
+    target = out.reserve(size, threads) if size is not None and hasattr(out, "reserve") else None
     whole = xxhash.xxh3_64()
     pool = executor(threads)
     pending: collections.deque = collections.deque()
@@ -595,7 +597,7 @@ class Archive:
         it, the (at most two) cut by its ends are decoded aside and their share copied in."""
         if start < 0 or length < 0 or start + length > self.size:
             raise ThriftyError(f"{self.name}: range {start}+{length} is outside 0..{self.size}")
-        out = new_buffer(length)
+        out = new_buffer(length, self.threads)
         table = self.index["chunks"]
         wanted = [i for i, (_, ro, rl) in enumerate(table) if ro < start + length and ro + rl > start]
         pool = executor(self.threads)

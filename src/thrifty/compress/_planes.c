@@ -1,0 +1,181 @@
+/* The byte-plane transform of planes.py as one compiled pass each way.
+ *
+ * NumPy needs six or seven whole-array passes to rebuild float32 values from four planes, and
+ * they left the merge the largest cost of decoding weights. Here each value is read and written
+ * once, with the GIL released so that chunks on a thread pool really run side by side.
+ * planes.py keeps the NumPy version, which this must match byte for byte (tests/compress
+ * compares the two), for an install without a C compiler.
+ *
+ * Layout (planes.py has the reasons): values are little-endian and `width` bytes wide. For
+ * FLOAT, plane 0 holds bits 14..7 of the top 16 bits (the exponent), plane 1 the sign (bit 7)
+ * beside bits 6..0, planes 2.. the remaining bytes, most significant first. For BYTES, plane k
+ * holds byte width-1-k. Bytes are handled one at a time, so the host's byte order and the
+ * buffers' alignment do not matter.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+enum { FLOAT = 1, BYTES = 2, MAX_WIDTH = 8 };
+
+/* Written once per width, so that the compiler sees the stride as a constant. */
+#define SPLIT_FLOAT(W)                                                              \
+    static void split_float_##W(const uint8_t *v, uint8_t **p, Py_ssize_t n)          \
+    {                                                                               \
+        for (Py_ssize_t i = 0; i < n; i++, v += W) {                                \
+            uint8_t hi = v[W - 1], lo = v[W - 2];                                   \
+            p[0][i] = (uint8_t)(hi << 1 | lo >> 7);                                 \
+            p[1][i] = (uint8_t)((hi & 0x80) | (lo & 0x7F));                         \
+            for (int k = 2; k < W; k++)                                             \
+                p[k][i] = v[W - 1 - k];                                             \
+        }                                                                           \
+    }
+#define MERGE_FLOAT(W)                                                              \
+    static void merge_float_##W(uint8_t *v, uint8_t *const *p, Py_ssize_t n)          \
+    {                                                                               \
+        for (Py_ssize_t i = 0; i < n; i++, v += W) {                                \
+            uint8_t e = p[0][i], s = p[1][i];                                       \
+            v[W - 1] = (uint8_t)((s & 0x80) | e >> 1);                              \
+            v[W - 2] = (uint8_t)(e << 7 | (s & 0x7F));                              \
+            for (int k = 2; k < W; k++)                                             \
+                v[W - 1 - k] = p[k][i];                                             \
+        }                                                                           \
+    }
+#define SPLIT_BYTES(W)                                                              \
+    static void split_bytes_##W(const uint8_t *v, uint8_t **p, Py_ssize_t n)          \
+    {                                                                               \
+        for (Py_ssize_t i = 0; i < n; i++, v += W)                                  \
+            for (int k = 0; k < W; k++)                                             \
+                p[k][i] = v[W - 1 - k];                                             \
+    }
+#define MERGE_BYTES(W)                                                              \
+    static void merge_bytes_##W(uint8_t *v, uint8_t *const *p, Py_ssize_t n)          \
+    {                                                                               \
+        for (Py_ssize_t i = 0; i < n; i++, v += W)                                  \
+            for (int k = 0; k < W; k++)                                             \
+                v[W - 1 - k] = p[k][i];                                             \
+    }
+#define ALL(W) SPLIT_FLOAT(W) MERGE_FLOAT(W) SPLIT_BYTES(W) MERGE_BYTES(W)
+ALL(2)
+ALL(4)
+ALL(8)
+
+static int check_kind(int transform, int width)
+{
+    if ((transform == FLOAT || transform == BYTES) && (width == 2 || width == 4 || width == 8))
+        return 0;
+    PyErr_Format(PyExc_ValueError, "no plane transform %d for width %d", transform, width);
+    return -1;
+}
+
+/* split(data, transform, width) -> list of `width` bytes objects, one per plane */
+static PyObject *split(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    int transform, width;
+    if (!PyArg_ParseTuple(args, "y*ii", &data, &transform, &width))
+        return NULL;
+    PyObject *out = NULL;
+    uint8_t *p[MAX_WIDTH];
+    if (check_kind(transform, width) < 0)
+        goto done;
+    if (data.len % width != 0) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes are not whole values of width %d", data.len, width);
+        goto done;
+    }
+    Py_ssize_t n = data.len / width;
+    if (!(out = PyList_New(width)))
+        goto done;
+    for (int k = 0; k < width; k++) {
+        PyObject *plane = PyBytes_FromStringAndSize(NULL, n);
+        if (!plane) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, k, plane);
+        p[k] = (uint8_t *)PyBytes_AS_STRING(plane);
+    }
+    const uint8_t *v = data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    switch (transform * 16 + width) {
+    case FLOAT * 16 + 2: split_float_2(v, p, n); break;
+    case FLOAT * 16 + 4: split_float_4(v, p, n); break;
+    case FLOAT * 16 + 8: split_float_8(v, p, n); break;
+    case BYTES * 16 + 2: split_bytes_2(v, p, n); break;
+    case BYTES * 16 + 4: split_bytes_4(v, p, n); break;
+    default: split_bytes_8(v, p, n);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&data);
+    return out;
+}
+
+/* merge(planes, transform, width, out): the values rebuilt from their planes, written into
+ * the writable buffer `out` of exactly len(planes[0]) * width bytes */
+static PyObject *merge(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    Py_buffer out, in[MAX_WIDTH];
+    int transform, width, held = 0;
+    if (!PyArg_ParseTuple(args, "Oiiw*", &seq, &transform, &width, &out))
+        return NULL;
+    PyObject *result = NULL, *fast = NULL;
+    uint8_t *p[MAX_WIDTH];
+    if (check_kind(transform, width) < 0)
+        goto done;
+    if (!(fast = PySequence_Fast(seq, "planes must be a sequence")))
+        goto done;
+    if (PySequence_Fast_GET_SIZE(fast) != width) {
+        PyErr_Format(PyExc_ValueError, "%zd planes for values of width %d",
+                     PySequence_Fast_GET_SIZE(fast), width);
+        goto done;
+    }
+    for (; held < width; held++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, held), &in[held], PyBUF_SIMPLE) < 0)
+            goto done;
+        if (in[held].len != in[0].len) {
+            held++;
+            PyErr_SetString(PyExc_ValueError, "planes differ in length");
+            goto done;
+        }
+        p[held] = in[held].buf;
+    }
+    Py_ssize_t n = in[0].len;
+    if (out.len != n * width) {
+        PyErr_Format(PyExc_ValueError, "output holds %zd bytes, the planes make %zd", out.len,
+                     n * width);
+        goto done;
+    }
+    uint8_t *v = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    switch (transform * 16 + width) {
+    case FLOAT * 16 + 2: merge_float_2(v, p, n); break;
+    case FLOAT * 16 + 4: merge_float_4(v, p, n); break;
+    case FLOAT * 16 + 8: merge_float_8(v, p, n); break;
+    case BYTES * 16 + 2: merge_bytes_2(v, p, n); break;
+    case BYTES * 16 + 4: merge_bytes_4(v, p, n); break;
+    default: merge_bytes_8(v, p, n);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    while (held > 0)
+        PyBuffer_Release(&in[--held]);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"split", split, METH_VARARGS, "split(data, transform, width) -> list of planes (bytes)"},
+    {"merge", merge, METH_VARARGS, "merge(planes, transform, width, out): rebuild into out"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_planes", "Compiled byte-plane split and merge (see planes.py).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__planes(void) { return PyModule_Create(&module); }
