@@ -223,19 +223,21 @@ def test_read_one_tensor_without_decoding_the_rest(tmp_path):
         compress.read_tensor(path, "ids")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", [0, 1000, 4 << 20, (4 << 20) + 3])
-def test_decoded_buffers_are_writable_and_outlive_everything_but_their_views(size, tmp_path):
-    """Big outputs come from a populated anonymous mapping, small ones from NumPy; either way
-    the result is writable, exactly as long as the original, and lives as long as a view of
-    it does (decompress_bytes' memoryview, or load_tensors' tensors)."""
+def test_decoded_buffers_are_writable_and_outlive_everything_but_their_views(size, threads, tmp_path):
+    """Big outputs come from an anonymous mapping (populated up front for one thread), small
+    ones from NumPy; either way the result is writable, exactly as long as the original, and
+    lives as long as a view of it does (decompress_bytes' memoryview, or load_tensors' tensors)."""
     import gc
     import mmap
 
-    buf = container.new_buffer(size)
+    buf = container.new_buffer(size, threads)
     assert len(buf) == size and not buf.readonly
-    assert isinstance(buf.obj, mmap.mmap) == (size >= 4 << 20 and hasattr(mmap, "MAP_POPULATE"))
+    assert isinstance(buf.obj, mmap.mmap) == (size >= 4 << 20
+                                              and (threads > 1 or hasattr(mmap, "MAP_POPULATE")))
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
-    out = compress.decompress_bytes(compress.compress_bytes(data))
+    out = compress.decompress_bytes(compress.compress_bytes(data, threads=threads), threads=threads)
     gc.collect()
     assert bytes(out) == data and not out.readonly
     if size:

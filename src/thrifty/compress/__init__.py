@@ -212,7 +212,7 @@ class _Fill:
     to be decoded into; a stream of unknown size is collected from writes instead.
 
     The buffer comes from :func:`container.new_buffer`: not zero-filled first, its pages
-    supplied by the kernel in one call."""
+    supplied by the kernel up front for one decoder, as they are written for several."""
 
     def __init__(self):
         self.buffer: memoryview | bytearray = bytearray()

@@ -134,18 +134,21 @@ _INLINE = _Inline()
 
 
 def new_buffer(size: int, threads: int = 1) -> memoryview:
-    """A writable buffer of ``size`` bytes for a decoder to fill, its pages already in memory.
+    """A writable buffer of ``size`` bytes for ``threads`` decoders to fill.
 
-    A big buffer is an anonymous mapping with MAP_POPULATE (Linux): the kernel supplies all its
-    pages in one call rather than one fault at a time as the decoders first write to them.
-    NumPy's own buffer (it asks for huge pages) is faster when the process has just freed
-    memory of that size, and several times slower when it has not: in the side-by-side
-    benchmark, where other codecs run between thrifty's turns, MiniLM decoded at 284-702 MB/s
-    into NumPy's buffer and at 924-1,087 into this one (docs/benchmarks.md, fifth session;
-    ``benchmarks/compress_limits.py`` shows both ways in one run)."""
-    if size >= _POPULATE_FROM and threads > 1:
+    A big buffer is an anonymous mapping of ordinary pages (Linux). For one thread the kernel
+    supplies all its pages in one call (MAP_POPULATE) rather than one fault at a time as the
+    decoder first writes to them. For several, each decoder faults in the pages of the chunks
+    it writes, and the kernel serves two threads side by side: 90 MB took 50 ms to fault in
+    and fill on one thread, 26 ms on two, where MAP_POPULATE makes every decoder wait for the
+    whole buffer first. NumPy's own buffer (it asks for huge pages) is faster when the process
+    has just freed memory of that size, and several times slower when it has not: in the
+    side-by-side benchmark, where other codecs run between thrifty's turns, MiniLM decoded at
+    284-702 MB/s into NumPy's buffer and at 924-1,087 into a populated mapping
+    (docs/benchmarks.md, fifth session; ``benchmarks/compress_limits.py`` measures each way)."""
+    if size >= _MAP_FROM and threads > 1:
         return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-    if size >= _POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
+    if size >= _MAP_FROM and hasattr(mmap, "MAP_POPULATE"):
         try:
             return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                                         | mmap.MAP_POPULATE))
@@ -154,7 +157,7 @@ def new_buffer(size: int, threads: int = 1) -> memoryview:
     return memoryview(np.empty(size, np.uint8))
 
 
-_POPULATE_FROM = 4 << 20
+_MAP_FROM = 4 << 20
 
 
 # ---------------------------------------------------------------- coding one chunk
