@@ -1,6 +1,6 @@
 """Where the compression targets that `compress.py` misses stand, measured rather than argued.
 
-Five tables, no targets (exit status 0 unless something fails to round-trip):
+Six tables, no targets (exit status 0 unless something fails to round-trip):
 
 1. Decompressing MiniLM's weights (bf16 and fp32) on one thread: ZipNN's time beside thrifty's,
    thrifty's time split into its stages (checking payload digests, zstd, merging planes
@@ -17,12 +17,19 @@ Five tables, no targets (exit status 0 unless something fails to round-trip):
 5. What ``decompress_bytes`` decodes into: NumPy's buffer (which asks for huge pages) against
    thrifty's ``container.new_buffer`` (an anonymous mapping, populated in one call for one thread),
    each measured inside the side-by-side run of every codec that ``compress.py`` makes.
+6. Why the benchmarks fix glibc's malloc thresholds: five back-to-back decodes of MiniLM bf16
+   by ZipNN and by thrifty, each in a process with glibc's default malloc and in one with
+   ``_common.FRESH_MALLOC``: time and page faults of every round.
+
+Tables 1 to 5 run with FRESH_MALLOC, as compress.py does.
 
 Usage: python benchmarks/compress_limits.py
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +40,7 @@ import numpy as np
 import torch
 import xxhash
 import zstandard
-from _common import machine
+from _common import FRESH_MALLOC, machine, with_fresh_malloc
 from compress import converted, minilm_path, stdlib_text, token_shard
 
 from thrifty.compress import _ViewReader, codecs, compress_bytes, container, decompress_bytes, planes
@@ -233,7 +240,52 @@ def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     return rows
 
 
+LOOP_HEAD = ["| malloc | codec | each round: ms (page faults) |", "|---|---|---|"]
+
+
+def loop_rows(path: Path) -> list[str]:
+    """Table 6, from child processes (GLIBC_TUNABLES takes effect only at a process's start)."""
+    rows = []
+    for label, tunables in (("glibc's default", None), ("FRESH_MALLOC", FRESH_MALLOC)):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
+        for codec in ("ZipNN", "thrifty"):
+            out = subprocess.run([sys.executable, __file__, "--loop", codec, str(path)], env=env,
+                                 check=True, capture_output=True, text=True).stdout.strip()
+            rows.append(f"| {label} | {codec} | {out} |")
+    return rows
+
+
+def loop(codec: str, path: str, rounds: int = 5) -> None:
+    """Decode ``path`` (bf16 weights) ``rounds`` times back to back; print ms (page faults)."""
+    import resource
+
+    from zipnn import ZipNN
+
+    data = Path(path).read_bytes()
+    z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
+    blob = z.compress(bytes(bytearray(data))) if codec == "ZipNN" else compress_bytes(data)
+    decode = z.decompress if codec == "ZipNN" else decompress_bytes
+    cells = []
+    for _ in range(rounds):
+        arg = bytes(bytearray(blob))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        out = decode(arg)
+        ms = (time.perf_counter() - t0) * 1e3
+        cells.append(f"{ms:.1f} ({resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults:,})")
+        if bytes(out) != data:
+            sys.exit(f"{codec} did not round-trip")
+        del out  # (the input copy lives on until the next round's replaces it)
+    print(", ".join(cells))
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--loop"]:
+        loop(*sys.argv[2:4])
+        return 0
+    with_fresh_malloc()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fp32 = minilm_path()
@@ -250,6 +302,8 @@ def main() -> int:
         print("\n".join([*SCALE_HEAD, *scale_rows(bf16.read_bytes())]))
         print("\n## What decompress_bytes decodes into, MiniLM bf16, best of 3 rounds\n")
         print("\n".join([*BUFFER_HEAD, *buffer_rows(bf16.read_bytes())]))
+        print("\n## Back-to-back decodes of MiniLM bf16, one thread, by malloc setting\n")
+        print("\n".join([*LOOP_HEAD, *loop_rows(bf16)]))
     print("\n" + machine())
     return 0
 
