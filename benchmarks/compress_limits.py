@@ -14,9 +14,10 @@ Six tables, no targets (exit status 0 unless something fails to round-trip):
    zstd alone and for thrifty's per-chunk coding; beside it thrifty's and ZipNN's own
    1- and 2-thread runs. Where zstd alone gains little from a second thread, no Python-level
    change will make a codec that calls it scale better.
-5. What ``decompress_bytes`` decodes into: NumPy's buffer (which asks for huge pages) against
-   thrifty's ``container.new_buffer`` (an anonymous mapping, populated in one call for one thread),
-   each measured inside the side-by-side run of every codec that ``compress.py`` makes.
+5. What ``decompress_bytes`` decodes into: NumPy's buffer (which asks for huge pages), an
+   anonymous mapping populated in one call, and ``container.new_buffer`` (that mapping for one
+   thread; for two, one the decoders fault in as they write), each measured inside the
+   side-by-side run of every codec that ``compress.py`` makes.
 6. Why the benchmarks fix glibc's malloc thresholds: five back-to-back decodes of MiniLM bf16
    by ZipNN and by thrifty, each in a process with glibc's default malloc and in one with
    ``_common.FRESH_MALLOC``: time and page faults of every round.
@@ -218,7 +219,9 @@ BUFFER_HEAD = ["| threads | decoded into | thrifty decompress MB/s | ZipNN's, sa
 
 def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     """decompress_bytes inside the side-by-side measurement (every codec in turn, as
-    compress.py runs them), decoding into NumPy's buffer and into thrifty's populated mapping."""
+    compress.py runs them), decoding into NumPy's buffer, into a mapping populated up front,
+    and into what container.new_buffer gives for that many threads (on two, a mapping that
+    the decoders fault in as they write)."""
     import thrifty.compress as tc
     from thrifty.compress import bench
 
@@ -226,11 +229,18 @@ def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
         self.buffer = memoryview(np.empty(size, np.uint8))
         return self.buffer
 
-    ways = {"np.empty (huge pages)": numpy_buffer, "container.new_buffer": tc._Fill.reserve}
+    def populated(self, size, threads=1):
+        self.buffer = container.new_buffer(size, 1)
+        return self.buffer
+
+    ways = {"np.empty (huge pages)": numpy_buffer, "a mapping, populated up front": populated,
+            "container.new_buffer": tc._Fill.reserve}
     rows, kept = [], tc._Fill.reserve
     try:
         for threads in (1, 2):
             for label, reserve in ways.items():
+                if threads == 1 and reserve is populated:
+                    continue  # what new_buffer does for one thread
                 tc._Fill.reserve = reserve
                 by = {r.name: r for r in bench.run_all(data, threads, rounds, zstd19=False)}
                 ours, zipnn = by["thrifty"].decompress_mb_s, by["ZipNN"].decompress_mb_s

@@ -142,14 +142,12 @@ def new_buffer(size: int, threads: int = 1) -> memoryview:
 
     A big buffer is an anonymous mapping of ordinary pages (Linux). For one thread the kernel
     supplies all its pages in one call (MAP_POPULATE) rather than one fault at a time as the
-    decoder first writes to them. For several, each decoder faults in the pages of the chunks
-    it writes, and the kernel serves two threads side by side: 90 MB took 50 ms to fault in
-    and fill on one thread, 26 ms on two, where MAP_POPULATE makes every decoder wait for the
-    whole buffer first. NumPy's own buffer (it asks for huge pages) is faster when the process
-    has just freed memory of that size, and several times slower when it has not: in the
-    side-by-side benchmark, where other codecs run between thrifty's turns, MiniLM decoded at
-    284-702 MB/s into NumPy's buffer and at 924-1,087 into a populated mapping
-    (docs/benchmarks.md, fifth session; ``benchmarks/compress_limits.py`` measures each way)."""
+    decoder first writes to them. For several, MAP_POPULATE would make every decoder wait
+    for the whole buffer; instead each faults in the pages of the chunks it writes, side by
+    side with the others. NumPy's own buffer (it asks for huge pages) is faster when the
+    process has just freed memory of that size, and several times slower when it has not.
+    ``benchmarks/compress_limits.py`` (table 5) measures each way inside the side-by-side
+    benchmark; results in docs/benchmarks.md (fifth and sixth sessions)."""
     if size >= _MAP_FROM and threads > 1:
         return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
     if size >= _MAP_FROM and hasattr(mmap, "MAP_POPULATE"):
