@@ -187,6 +187,18 @@ def test_bench_compares_codecs(weights):
     out = thrifty("bench", str(weights), "--repeat", "1").stdout
     for name in ("thrifty", "zstd -3", "zstd -19", "lz4", "zlib -6", "ZipNN"):
         assert name in out
+    assert "thrifty's plane transform: compiled" in out
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # in ZipNN's import
+def test_bench_says_when_the_planes_fall_back_to_numpy(weights, monkeypatch, capsys):
+    """Without a C compiler at install thrifty still works, slower; bench says so."""
+    from thrifty.cli.compress import run_bench
+    from thrifty.compress import planes
+
+    monkeypatch.setattr(planes, "compiled", None)
+    assert run_bench([str(weights), "--repeat", "1"]) == 0
+    assert "plane transform: NumPy (thrifty.compress._planes was not built" in capsys.readouterr().out
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):

@@ -369,7 +369,7 @@ def run_bench(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
-    from thrifty.compress import bench
+    from thrifty.compress import bench, planes
 
     data = Path(args.file).read_bytes()
     results = bench.run_all(data, args.threads, args.repeat)
@@ -378,4 +378,8 @@ def run_bench(argv: list[str]) -> int:
     else:
         print(f"{args.file}: {len(data):,} bytes, {args.threads} thread(s), best of {args.repeat}\n")
         print(bench.table(results))
+        print("\nthrifty's plane transform: " + (
+            "compiled" if planes.compiled is not None else
+            "NumPy (thrifty.compress._planes was not built: reinstall with a C compiler present "
+            "for planes several times faster)"))
     return 0
