@@ -130,9 +130,9 @@ def _leave_signals_to_main() -> None:
 # chunks of 64 KiB coded 0.7x as fast on 2 threads as on 1 and 512 KiB chunks 1.3x faster; the
 # GPT checkpoint's 256 KiB chunks decoded slower on 2 threads than on 1.
 SMALL_CHUNK = 512 << 10
-# MiniLM's bf16 weights (74 chunks, 40 of them under 512 KiB) decoded on 2 threads in 31 ms in
-# batches of 1 MiB, 36.5 ms one chunk per task with the small ones decoded inline; fp32, whose
-# chunks are mostly 1 MiB already, the same either way (best of 9, alternating).
+# Decoding hands chunks to the pool in batches of this many bytes. One task per chunk, with
+# the small ones decoded inline, kept the calling thread decoding instead of feeding the pool
+# on files of many small tensors (MiniLM: 40 of its 74 bf16 chunks are under 512 KiB).
 READ_BATCH = 1 << 20
 _INLINE = _Inline()
 
