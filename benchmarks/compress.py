@@ -19,10 +19,10 @@ threads. Targets, exit status 1 when one is missed:
 * peak memory (max RSS) of ``thrifty compress`` on a file of ``--big-gb`` GB (default 4)
   < 256 MiB.
 
-The script runs itself with glibc's malloc thresholds fixed (``_common.FRESH_MALLOC``), so that
-every codec's output is fresh memory in every round, as for a command that decodes one file:
-with the default, ZipNN's output reuses the previous round's pages in some rounds and not in
-others, and best-of-N keeps those rounds only (``compress_limits.py`` shows both).
+Every codec's output is fresh memory in every round, as for a command that codes one file
+(``thrifty.compress.bench.fresh_malloc``): with glibc's default, ZipNN's output reuses the
+previous round's pages in some rounds and not in others, and best-of-N would keep those rounds
+only (``compress_limits.py`` shows both).
 
 Usage: python benchmarks/compress.py [--threads 1 2] [--repeat 5] [--big-gb 4] [--json OUT]
 """
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import machine, verdict, with_fresh_malloc
+from _common import machine, verdict
 
 from thrifty.compress import bench
 from thrifty.train.data import stdlib_dir
@@ -137,7 +137,6 @@ def big_file_peak_rss(path: Path, gb: float, threads: int) -> tuple[int, float]:
 
 
 def main() -> int:
-    with_fresh_malloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=5)

@@ -21,17 +21,16 @@ Six tables, no targets (exit status 0 unless something fails to round-trip):
    thread; for two, one the decoders fault in as they write), each measured inside the
    side-by-side run of every codec that ``compress.py`` makes.
 6. Why the benchmarks fix glibc's malloc thresholds: five back-to-back decodes of MiniLM bf16
-   by ZipNN and by thrifty, each in a process with glibc's default malloc and in one with
-   ``_common.FRESH_MALLOC``: time and page faults of every round.
+   by ZipNN and by thrifty, each in a child process with glibc's default malloc and in one
+   with ``thrifty.compress.bench.fresh_malloc``: time and page faults of every round.
 
-Tables 1 to 5 run with FRESH_MALLOC, as compress.py does.
+Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
 Usage: python benchmarks/compress_limits.py
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -43,10 +42,10 @@ import numpy as np
 import torch
 import xxhash
 import zstandard
-from _common import FRESH_MALLOC, machine, with_fresh_malloc
+from _common import machine
 from compress import converted, minilm_path, stdlib_text, token_shard
 
-from thrifty.compress import _ViewReader, codecs, compress_bytes, container, decompress_bytes, planes
+from thrifty.compress import _ViewReader, bench, codecs, compress_bytes, container, decompress_bytes, planes
 
 REPEAT = 7
 
@@ -266,7 +265,6 @@ def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     and into what container.new_buffer gives for that many threads (on two, a mapping that
     the decoders fault in as they write)."""
     import thrifty.compress as tc
-    from thrifty.compress import bench
 
     def numpy_buffer(self, size, threads=1):
         self.buffer = memoryview(np.empty(size, np.uint8))
@@ -297,25 +295,24 @@ LOOP_HEAD = ["| malloc | codec | each round: ms (page faults) |", "|---|---|---|
 
 
 def loop_rows(path: Path) -> list[str]:
-    """Table 6, from child processes (GLIBC_TUNABLES takes effect only at a process's start)."""
+    """Table 6, from child processes: fresh_malloc lasts for the rest of a process."""
     rows = []
-    for label, tunables in (("glibc's default", None), ("FRESH_MALLOC", FRESH_MALLOC)):
-        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        if tunables:
-            env["GLIBC_TUNABLES"] = tunables
+    for label, malloc in (("glibc's default", "default"), ("fresh_malloc", "fresh")):
         for codec in ("ZipNN", "thrifty"):
-            out = subprocess.run([sys.executable, __file__, "--loop", codec, str(path)], env=env,
+            out = subprocess.run([sys.executable, __file__, "--loop", codec, str(path), malloc],
                                  check=True, capture_output=True, text=True).stdout.strip()
             rows.append(f"| {label} | {codec} | {out} |")
     return rows
 
 
-def loop(codec: str, path: str, rounds: int = 5) -> None:
+def loop(codec: str, path: str, malloc: str, rounds: int = 5) -> None:
     """Decode ``path`` (bf16 weights) ``rounds`` times back to back; print ms (page faults)."""
     import resource
 
     from zipnn import ZipNN
 
+    if malloc == "fresh":
+        bench.fresh_malloc()
     data = Path(path).read_bytes()
     z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=1)
     blob = z.compress(bytes(bytearray(data))) if codec == "ZipNN" else compress_bytes(data)
@@ -336,9 +333,9 @@ def loop(codec: str, path: str, rounds: int = 5) -> None:
 
 def main() -> int:
     if sys.argv[1:2] == ["--loop"]:
-        loop(*sys.argv[2:4])
+        loop(*sys.argv[2:5])
         return 0
-    with_fresh_malloc()
+    bench.fresh_malloc()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fp32 = minilm_path()

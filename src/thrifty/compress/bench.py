@@ -3,12 +3,15 @@
 Every codec gets its own copy of the input (ZipNN 0.5.4 rewrites its input buffer in place),
 every result is decoded and compared with the input, the codecs take turns round by round, and
 each time is the best of ``repeat`` rounds, so that a noisy moment on a shared machine counts
-against nobody, and against no codec more than the others.
+against nobody, and against no codec more than the others. Every output of 1 MiB or more is
+fresh memory (:func:`fresh_malloc`), as for a command that codes one file.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import platform
 import time
 import zlib
 from collections.abc import Callable
@@ -35,6 +38,27 @@ class _Codec:
     rounds: int
     threads: int
     note: str = ""
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+def fresh_malloc() -> bool:
+    """Fix glibc's malloc thresholds at 1 MiB for the rest of the process; False where the C
+    library is not glibc.
+
+    glibc keeps freed memory for reuse when it came from the heap, and the size at which it
+    maps fresh memory instead moves with what the process has freed. So in a loop of decodes,
+    a codec whose output comes from malloc sometimes reuses the pages of the round before and
+    sometimes faults in new ones: back to back, ZipNN decoded MiniLM bf16 in 20 ms with 1 page
+    fault, then 44 ms with 11,095 (benchmarks/compress_limits.py, table 6). Best-of-N keeps
+    the lucky rounds, which a command that decodes one file never has; thrifty's own output
+    is always fresh. With both thresholds fixed, every allocation of 1 MiB or more is fresh
+    memory, for every codec alike."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 20))
 
 
 def _measure(codecs: list[_Codec], data: bytes) -> list[Result]:
@@ -78,7 +102,8 @@ def float_dtype(data: bytes) -> str | None:
 
 
 def run_all(data: bytes, threads: int = 1, repeat: int = 3, zstd19: bool = True) -> list[Result]:
-    """Every codec on ``data``, best of ``repeat`` rounds (zstd -19, at about 2 MB/s, runs once)."""
+    """Every codec on ``data``, best of ``repeat`` rounds (zstd -19, at about 2 MB/s, runs once),
+    in fresh memory (:func:`fresh_malloc`, which stays in force for the rest of the process)."""
     import lz4.frame
     import zstandard
 
@@ -109,6 +134,7 @@ def run_all(data: bytes, threads: int = 1, repeat: int = 3, zstd19: bool = True)
     else:
         z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
         codecs.append(_Codec("ZipNN", z.compress, z.decompress, repeat, threads, f"as {dtype}"))
+    fresh_malloc()
     results = _measure(codecs, data)
     return results + ([missing] if missing else [])
 
