@@ -42,7 +42,7 @@ def test_a_codec_that_does_not_round_trip_is_caught():
 
 
 def test_fresh_malloc_gives_every_round_fresh_pages():
-    """(glibc, as on every machine thrifty is tested on.) Four MiB allocated, written and freed
+    """(glibc, as on every machine thrifty is tested on.) 24 MiB allocated, written and freed
     five times: with glibc's default the later rounds
     reuse the pages of the earlier ones (no page faults), so a codec that allocates with malloc
     would be timed without the faults that a command decoding one file pays; with fresh_malloc
@@ -55,12 +55,12 @@ def test_fresh_malloc_gives_every_round_fresh_pages():
         counts = []
         for _ in range(5):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            b = b"x" * (4 << 20)
+            b = b"x" * (24 << 20)
             counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
             del b
         print(*counts)
     """)
-    pages = (4 << 20) // 4096
+    pages = (24 << 20) // 4096
     runs = {how: [int(n) for n in subprocess.run([sys.executable, "-c", code, how], check=True,
                                                  capture_output=True, text=True).stdout.split()]
             for how in ("default", "fresh")}

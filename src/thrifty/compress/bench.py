@@ -3,7 +3,7 @@
 Every codec gets its own copy of the input (ZipNN 0.5.4 rewrites its input buffer in place),
 every result is decoded and compared with the input, the codecs take turns round by round, and
 each time is the best of ``repeat`` rounds, so that a noisy moment on a shared machine counts
-against nobody, and against no codec more than the others. Every output of 1 MiB or more is
+against nobody, and against no codec more than the others. Every output of 8 MiB or more is
 fresh memory (:func:`fresh_malloc`), as for a command that codes one file.
 """
 
@@ -44,21 +44,23 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def fresh_malloc() -> bool:
-    """Fix glibc's malloc thresholds at 1 MiB for the rest of the process; False where the C
-    library is not glibc.
+    """Fix glibc's malloc thresholds for the rest of the process, so that every buffer of
+    8 MiB or more (every codec's output here) is fresh memory; False where the C library is not
+    glibc.
 
-    glibc keeps freed memory for reuse when it came from the heap, and the size at which it
-    maps fresh memory instead moves with what the process has freed. So in a loop of decodes,
-    a codec whose output comes from malloc sometimes reuses the pages of the round before and
+    glibc keeps freed memory for reuse when it came from the heap, and the size from which it
+    maps fresh memory instead moves with what the process has freed. So in a loop of codings,
+    an output that comes from malloc sometimes reuses the pages of the round before and
     sometimes faults in new ones: back to back, ZipNN decoded MiniLM bf16 in 20 ms with 1 page
-    fault, then 44 ms with 11,095 (benchmarks/compress_limits.py, table 6). Best-of-N keeps
-    the lucky rounds, which a command that decodes one file never has; thrifty's own output
-    is always fresh. With both thresholds fixed, every allocation of 1 MiB or more is fresh
-    memory, for every codec alike."""
+    fault, then 44 ms with 11,095 (benchmarks/compress_limits.py, table 6), and thrifty's own
+    compressed output did the same. Best-of-N keeps the lucky rounds, which a command that codes
+    one file never has. Buffers from 8 MiB are mapped afresh and unmapped when freed; the heap
+    keeps up to 16 MiB of freed memory, so the smaller buffers a codec reuses chunk after chunk
+    stay as warm as by default."""
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 20))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 8 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 16 << 20))
 
 
 def _measure(codecs: list[_Codec], data: bytes) -> list[Result]:
