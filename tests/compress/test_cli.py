@@ -194,9 +194,10 @@ def test_bench_compares_codecs(weights):
 def test_bench_says_when_the_planes_fall_back_to_numpy(weights, monkeypatch, capsys):
     """Without a C compiler at install thrifty still works, slower; bench says so."""
     from thrifty.cli.compress import run_bench
-    from thrifty.compress import planes
+    from thrifty.compress import bench, planes
 
     monkeypatch.setattr(planes, "compiled", None)
+    monkeypatch.setattr(bench, "fresh_malloc", lambda: False)  # it would last for the test session
     assert run_bench([str(weights), "--repeat", "1"]) == 0
     assert "plane transform: NumPy (thrifty.compress._planes was not built" in capsys.readouterr().out
 
