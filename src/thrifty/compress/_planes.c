@@ -18,54 +18,80 @@
 
 enum { FLOAT = 1, BYTES = 2, MAX_WIDTH = 8 };
 
-/* Written once per width, so that the compiler sees the stride as a constant. */
+/* Written once per width, so that the compiler sees the stride as a constant. The plane
+ * pointers are copied into a local array first: a byte store may alias anything the compiler
+ * cannot see is private, so it would reload them after every store, and the loops would not
+ * vectorise (several times slower). */
+#define LOCAL_PLANES(W)                                                             \
+    uint8_t *q[W];                                                                  \
+    for (int k = 0; k < W; k++)                                                     \
+        q[k] = p[k];
 #define SPLIT_FLOAT(W)                                                              \
-    static void split_float_##W(const uint8_t *v, uint8_t **p, Py_ssize_t n)          \
+    static void split_float_##W(const uint8_t *v, uint8_t *const *p, Py_ssize_t n)    \
     {                                                                               \
+        LOCAL_PLANES(W)                                                             \
         for (Py_ssize_t i = 0; i < n; i++, v += W) {                                \
             uint8_t hi = v[W - 1], lo = v[W - 2];                                   \
-            p[0][i] = (uint8_t)(hi << 1 | lo >> 7);                                 \
-            p[1][i] = (uint8_t)((hi & 0x80) | (lo & 0x7F));                         \
+            q[0][i] = (uint8_t)(hi << 1 | lo >> 7);                                 \
+            q[1][i] = (uint8_t)((hi & 0x80) | (lo & 0x7F));                         \
             for (int k = 2; k < W; k++)                                             \
-                p[k][i] = v[W - 1 - k];                                             \
+                q[k][i] = v[W - 1 - k];                                             \
         }                                                                           \
     }
 #define MERGE_FLOAT(W)                                                              \
     static void merge_float_##W(uint8_t *v, uint8_t *const *p, Py_ssize_t n)          \
     {                                                                               \
+        LOCAL_PLANES(W)                                                             \
         for (Py_ssize_t i = 0; i < n; i++, v += W) {                                \
-            uint8_t e = p[0][i], s = p[1][i];                                       \
+            uint8_t e = q[0][i], s = q[1][i];                                       \
             v[W - 1] = (uint8_t)((s & 0x80) | e >> 1);                              \
             v[W - 2] = (uint8_t)(e << 7 | (s & 0x7F));                              \
             for (int k = 2; k < W; k++)                                             \
-                v[W - 1 - k] = p[k][i];                                             \
+                v[W - 1 - k] = q[k][i];                                             \
         }                                                                           \
     }
 #define SPLIT_BYTES(W)                                                              \
-    static void split_bytes_##W(const uint8_t *v, uint8_t **p, Py_ssize_t n)          \
+    static void split_bytes_##W(const uint8_t *v, uint8_t *const *p, Py_ssize_t n)    \
     {                                                                               \
+        LOCAL_PLANES(W)                                                             \
         for (Py_ssize_t i = 0; i < n; i++, v += W)                                  \
             for (int k = 0; k < W; k++)                                             \
-                p[k][i] = v[W - 1 - k];                                             \
+                q[k][i] = v[W - 1 - k];                                             \
     }
 #define MERGE_BYTES(W)                                                              \
     static void merge_bytes_##W(uint8_t *v, uint8_t *const *p, Py_ssize_t n)          \
     {                                                                               \
+        LOCAL_PLANES(W)                                                             \
         for (Py_ssize_t i = 0; i < n; i++, v += W)                                  \
             for (int k = 0; k < W; k++)                                             \
-                v[W - 1 - k] = p[k][i];                                             \
+                v[W - 1 - k] = q[k][i];                                             \
     }
 #define ALL(W) SPLIT_FLOAT(W) MERGE_FLOAT(W) SPLIT_BYTES(W) MERGE_BYTES(W)
 ALL(2)
 ALL(4)
 ALL(8)
 
-static int check_kind(int transform, int width)
+typedef void (*split_fn)(const uint8_t *values, uint8_t *const *planes, Py_ssize_t n);
+typedef void (*merge_fn)(uint8_t *values, uint8_t *const *planes, Py_ssize_t n);
+
+static const struct kind {
+    int transform, width;
+    split_fn split;
+    merge_fn merge;
+} KINDS[] = {
+    {FLOAT, 2, split_float_2, merge_float_2}, {FLOAT, 4, split_float_4, merge_float_4},
+    {FLOAT, 8, split_float_8, merge_float_8}, {BYTES, 2, split_bytes_2, merge_bytes_2},
+    {BYTES, 4, split_bytes_4, merge_bytes_4}, {BYTES, 8, split_bytes_8, merge_bytes_8},
+};
+
+/* The loops for a transform and width, or NULL with ValueError set. */
+static const struct kind *find_kind(int transform, int width)
 {
-    if ((transform == FLOAT || transform == BYTES) && (width == 2 || width == 4 || width == 8))
-        return 0;
+    for (size_t i = 0; i < sizeof KINDS / sizeof KINDS[0]; i++)
+        if (KINDS[i].transform == transform && KINDS[i].width == width)
+            return &KINDS[i];
     PyErr_Format(PyExc_ValueError, "no plane transform %d for width %d", transform, width);
-    return -1;
+    return NULL;
 }
 
 /* split(data, transform, width) -> list of `width` bytes objects, one per plane */
@@ -77,7 +103,8 @@ static PyObject *split(PyObject *self, PyObject *args)
         return NULL;
     PyObject *out = NULL;
     uint8_t *p[MAX_WIDTH];
-    if (check_kind(transform, width) < 0)
+    const struct kind *kind = find_kind(transform, width);
+    if (!kind)
         goto done;
     if (data.len % width != 0) {
         PyErr_Format(PyExc_ValueError, "%zd bytes are not whole values of width %d", data.len, width);
@@ -97,14 +124,7 @@ static PyObject *split(PyObject *self, PyObject *args)
     }
     const uint8_t *v = data.buf;
     Py_BEGIN_ALLOW_THREADS
-    switch (transform * 16 + width) {
-    case FLOAT * 16 + 2: split_float_2(v, p, n); break;
-    case FLOAT * 16 + 4: split_float_4(v, p, n); break;
-    case FLOAT * 16 + 8: split_float_8(v, p, n); break;
-    case BYTES * 16 + 2: split_bytes_2(v, p, n); break;
-    case BYTES * 16 + 4: split_bytes_4(v, p, n); break;
-    default: split_bytes_8(v, p, n);
-    }
+    kind->split(v, p, n);
     Py_END_ALLOW_THREADS
 done:
     PyBuffer_Release(&data);
@@ -122,7 +142,8 @@ static PyObject *merge(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL, *fast = NULL;
     uint8_t *p[MAX_WIDTH];
-    if (check_kind(transform, width) < 0)
+    const struct kind *kind = find_kind(transform, width);
+    if (!kind)
         goto done;
     if (!(fast = PySequence_Fast(seq, "planes must be a sequence")))
         goto done;
@@ -149,14 +170,7 @@ static PyObject *merge(PyObject *self, PyObject *args)
     }
     uint8_t *v = out.buf;
     Py_BEGIN_ALLOW_THREADS
-    switch (transform * 16 + width) {
-    case FLOAT * 16 + 2: merge_float_2(v, p, n); break;
-    case FLOAT * 16 + 4: merge_float_4(v, p, n); break;
-    case FLOAT * 16 + 8: merge_float_8(v, p, n); break;
-    case BYTES * 16 + 2: merge_bytes_2(v, p, n); break;
-    case BYTES * 16 + 4: merge_bytes_4(v, p, n); break;
-    default: merge_bytes_8(v, p, n);
-    }
+    kind->merge(v, p, n);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
