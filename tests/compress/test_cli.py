@@ -183,6 +183,13 @@ def test_inspect_shows_ratio_per_tensor_and_plane(weights, tmp_path):
     assert len(row.split()) == 6  # name, dtype, bytes, ratio, and two planes for bf16
 
 
+def test_inspect_counts_chunks_in_words(tmp_path):
+    (tmp_path / "small.txt").write_bytes(b"one chunk of text\n" * 100)
+    thrifty("compress", str(tmp_path / "small.txt"))
+    out = thrifty("inspect", str(tmp_path / "small.txt.thz")).stdout
+    assert ", 1 chunk of up to 1,048,576 bytes" in out.splitlines()[0]
+
+
 def test_bench_compares_codecs(weights):
     out = thrifty("bench", str(weights), "--repeat", "1").stdout
     for name in ("thrifty", "zstd -3", "zstd -19", "lz4", "zlib -6", "ZipNN"):

@@ -110,3 +110,9 @@ def test_a_measured_run_projected_onto_a_cluster(ledger):
     assert "projected onto 16 x h100-sxm" in thrifty(*args, env=ledger["env"]).stdout
     assert_one_line_error(thrifty("estimate", "project", "3", env=ledger["env"], check=False),
                           "only training runs can be projected")
+
+
+def test_plural():
+    from thrifty.report.terminal import plural
+
+    assert [plural(n, "step") for n in (0, 1, 2, 1000)] == ["0 steps", "1 step", "2 steps", "1,000 steps"]

@@ -19,6 +19,7 @@ from thrifty import compress as thz
 from thrifty.compress import container
 from thrifty.cost.meter import metered_run
 from thrifty.errors import ThriftyError
+from thrifty.report.terminal import plural
 
 
 def _threads(value: str) -> int:
@@ -345,9 +346,8 @@ def run_inspect(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
-    n = len(archive.index["chunks"])
     print(f"{args.file}: {h['kind']}, {h['codec']} level {h['level']}, "
-          f"{n} chunk{'' if n == 1 else 's'} of up to {h['chunk_size']:,} bytes")
+          f"{plural(len(archive.index['chunks']), 'chunk')} of up to {h['chunk_size']:,} bytes")
     print(f"{stats.original:,} -> {stats.stored:,} bytes ({_fmt_ratio(stats.original, stats.stored)})\n")
     name_w = min(48, max([len(r["name"]) for r in rows] + [4]))
     print(f"{'name':<{name_w}}  {'dtype':<5}  {'bytes':>13}  {'ratio':>7}  planes (most significant first)")

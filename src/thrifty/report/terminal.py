@@ -38,6 +38,11 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 step``, ``2 steps``, ``1,000 chunks``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt_count(n: float) -> str:
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from thrifty.config import to_dict
 from thrifty.errors import ThriftyError
-from thrifty.report.terminal import fmt_bytes
+from thrifty.report.terminal import fmt_bytes, plural
 from thrifty.train import checkpoint as ckpt
 from thrifty.train.config import TrainConfig
 from thrifty.train.data import Sampler, Windows, eval_batches, load_corpus
@@ -197,7 +197,7 @@ class Trainer:
         self.log(
             f"training {self.model.num_params(non_embedding=False):,} parameters on "
             f"{self.w.world_size} x {self.w.device.type} with strategy {self._strategy_label()}: "
-            f"{_count(max_steps, 'step')} of {cfg.tokens_per_step:,} tokens ({cfg.train.tokens:,} budget)"
+            f"{plural(max_steps, 'step')} of {cfg.tokens_per_step:,} tokens ({cfg.train.tokens:,} budget)"
         )
         self.bar = None
         if self.w.is_main and sys.stdout.isatty():
@@ -476,12 +476,12 @@ def format_summary(s: dict) -> str:
     rows = [
         ("run", s["run_dir"]),
         ("strategy", f"{s['strategy']} on {s['world_size']} x {s['device']}"),
-        ("tokens", f"{s['tokens']:,} in {_count(s['steps'], 'step')}"),
+        ("tokens", f"{s['tokens']:,} in {plural(s['steps'], 'step')}"),
         ("throughput", f"{s['tokens_per_s']:,.0f} tokens/s"),
         ("MFU", f"{mfu} ({s['peak_flops_method']})"),
         ("loss", f"train {s['final_train_loss']:.4f}, val {s['final_val_loss']:.4f}"),
         ("communicated", f"{fmt_bytes(s['bytes_sent_per_worker'])} per worker in "
-                         f"{_count(s['syncs'], 'sync')}{saving}"),
+                         f"{plural(s['syncs'], 'sync')}{saving}"),
         ("compute", f"{s['cpu_s']:,.1f} CPU-seconds, {s['flops'] / 1e12:,.2f} TFLOP"),
         ("peak memory", f"{fmt_bytes(s['peak_rss_bytes'])} per worker (max RSS)"),
         ("wall time", f"{s['wall_s']:,.1f} s" + (f", {s['restarts']} restart(s)" if s["restarts"] else "")),
@@ -489,7 +489,3 @@ def format_summary(s: dict) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
