@@ -564,20 +564,14 @@ def read_all(
 
 
 def _decode_batch(name: str, items: list[tuple[Chunk, memoryview | None]]) -> list[memoryview]:
-    """decode_chunk for each (chunk, its place in the output), raising ThriftyError that names
-    the chunk."""
-    out = []
-    for chunk, dst in items:
-        try:
-            out.append(decode_chunk(chunk, dst, False))
-        except ThriftyError as e:
-            raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: {e}") from None
-    return out
+    """decode_chunk for each (chunk, its place in the output)."""
+    return [_naming(name, chunk, decode_chunk, chunk, dst, False) for chunk, dst in items]
 
 
-def _result(name: str, chunk: Chunk, fut: Future) -> memoryview:
+def _naming(name: str, chunk: Chunk, fn: Callable, *args):
+    """``fn(*args)``, its ThriftyError told with the file and chunk it is about."""
     try:
-        return fut.result()
+        return fn(*args)
     except ThriftyError as e:
         raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: {e}") from None
 
@@ -642,7 +636,7 @@ class Archive:
                 fut = pool.submit(decode_chunk, c, out[at:at + c.raw_len] if inside else None)
                 jobs.append((c, fut, at, lo, hi, inside))
             for c, fut, at, lo, hi, inside in jobs:
-                raw = _result(self.name, c, fut)
+                raw = _naming(self.name, c, fut.result)
                 if not inside:
                     out[at:at + hi - lo] = raw[lo:hi]
         finally:
