@@ -84,6 +84,39 @@ def test_pipes(tmp_path):
     back = subprocess.run([sys.executable, "-m", "thrifty", "decompress", "-", "-c"],
                           input=packed, capture_output=True, check=True).stdout
     assert back == data and len(packed) < len(data) / 4
+    # with no path, or `-` and no -c, each command is a filter, as zstd and gzip are
+    packed = subprocess.run([sys.executable, "-m", "thrifty", "compress"],
+                            input=data, capture_output=True, check=True).stdout
+    back = subprocess.run([sys.executable, "-m", "thrifty", "decompress", "-"],
+                          input=packed, capture_output=True, check=True).stdout
+    assert back == data
+    other = tmp_path / "other.txt"
+    other.write_bytes(b"x")
+    mixed = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-", str(other)],
+                           input=data.decode(), capture_output=True, text=True)
+    assert_one_line_error(mixed, "stdin among other inputs needs -c")
+
+
+def test_coded_data_is_not_read_from_or_written_to_a_terminal(tmp_path):
+    import pty
+
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello\n")
+    leader, follower = pty.openpty()
+    try:
+        def run(*args, stdin=follower, stdout=subprocess.PIPE):
+            return subprocess.run([sys.executable, "-m", "thrifty", *args], stdin=stdin,
+                                  stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+
+        for command in ("compress", "decompress"):  # a user who forgot the input: no hang
+            assert_one_line_error(run(command), "stdin is a terminal")
+        with open(src, "rb") as f:
+            proc = run("compress", "-c", str(src), stdin=f, stdout=follower)
+        assert_one_line_error(proc, "refusing to write compressed data to a terminal")
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
 def test_corrupt_input_is_named_in_one_line_and_leaves_nothing(weights, tmp_path):

@@ -2,8 +2,8 @@
 
 Sources are kept (as zstd does; ``--rm`` removes them once the output is safely in place), an
 existing output is never replaced without ``-f``, directories need ``-r``, ``-`` is stdin or
-stdout. Each failing input gets one line on stderr and the exit status is 1; the others are
-still done.
+stdout, and with no path (or ``-``) the command is a filter from stdin to stdout. Each
+failing input gets one line on stderr and the exit status is 1; the others are still done.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _threads(value: str) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files, directories with -r, - for stdin")
+    parser.add_argument("paths", nargs="*", default=["-"], metavar="PATH",
+                        help="files, directories with -r; - or none: stdin, to stdout unless -o")
     parser.add_argument("-o", "--output", help="output file (one input only); - for stdout")
     parser.add_argument("-c", "--stdout", action="store_true", help="write to stdout")
     parser.add_argument("-T", "--threads", type=_threads, default=_threads("0"),
@@ -97,8 +98,6 @@ def _stream(src: Path | None, args, to_stdout: bool, code, dst: Path | None = No
                 code(f, sys.stdout.buffer, name)
                 sys.stdout.buffer.flush()
             return
-        if not args.output and dst is None:
-            raise ThriftyError("stdin input needs -o FILE or -c")
         dst = Path(args.output) if args.output else dst
         if dst.exists() and os.path.samestat(os.fstat(f.fileno()), os.stat(dst)):
             raise ThriftyError(f"{name}: input and output are the same file")  # < x -o x -f
@@ -126,9 +125,16 @@ def _each(inputs, work) -> int:
     return 1 if failed else 0
 
 
-def _to_stdout(args) -> bool:
-    to = args.stdout or args.output == "-"
-    if to and sys.stdout.isatty() and not args.force:
+def _to_stdout(args, inputs: list[Path | None], compressing: bool) -> bool:
+    """Whether the output goes to stdout: -c, -o -, or stdin without -o (a filter, as zstd and
+    gzip are). Like them, never read coded data from a terminal or write it to one; ``-f``
+    overrides the latter, as theirs does."""
+    if None in inputs and sys.stdin.isatty():
+        raise ThriftyError("stdin is a terminal: give a file, or pipe the data in")
+    to = args.stdout or args.output == "-" or (inputs == [None] and not args.output)
+    if None in inputs and len(inputs) > 1 and not to:
+        raise ThriftyError("stdin among other inputs needs -c")  # nowhere else to write it
+    if to and compressing and sys.stdout.isatty() and not args.force:
         raise ThriftyError("refusing to write compressed data to a terminal (use -f to force)")
     return to
 
@@ -175,7 +181,8 @@ def run_compress(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     opts = dict(codec=args.codec, level=args.level, threads=args.threads, chunk_size=args.chunk_size)
     container.Options(**opts)  # bad options: one error before any file is touched
-    to_stdout = _to_stdout(args)
+    inputs = _inputs(args, want_thz=False)
+    to_stdout = _to_stdout(args, inputs, compressing=True)
 
     def work(src: Path | None) -> None:
         # A FIFO, a device or a process substitution <(...) cannot be measured or re-read: it
@@ -215,7 +222,6 @@ def run_compress(argv: list[str]) -> int:
         if not args.quiet:
             _summary(src, dst, stats, args.verify)
 
-    inputs = _inputs(args, want_thz=False)
     with metered_run("compress", _run_name(inputs)) as metered:
         metered.info.update(codec=args.codec, level=args.level, threads=args.threads)
         status = _each(inputs, work)
@@ -231,7 +237,8 @@ def run_decompress(argv: list[str]) -> int:
     )
     _common(parser)
     args = parser.parse_args(argv)
-    to_stdout = _to_stdout(args)
+    inputs = _inputs(args, want_thz=True)
+    to_stdout = _to_stdout(args, inputs, compressing=False)
 
     def work(src: Path | None) -> None:
         if src is None or to_stdout:
@@ -260,7 +267,6 @@ def run_decompress(argv: list[str]) -> int:
         if not args.quiet:
             print(f"{src} -> {dst}", file=sys.stderr)
 
-    inputs = _inputs(args, want_thz=True)
     with metered_run("decompress", _run_name(inputs)) as metered:
         status = _each(inputs, work)
         metered.status = "ok" if status == 0 else "failed"
