@@ -228,6 +228,19 @@ def test_bench_compares_codecs(weights):
     for name in ("thrifty", "zstd -3", "zstd -19", "lz4", "zlib -6", "ZipNN"):
         assert name in out
     assert "thrifty's plane transform: compiled" in out
+    assert "1 thread, best of 1" in out.splitlines()[0]
+    report = json.loads(thrifty("bench", str(weights), "--repeat", "1", "--json", "-T", "2").stdout)
+    assert report["plane_transform"] == "compiled" and report["threads"] == 2
+    by_name = {r["name"]: r for r in report["results"]}
+    assert by_name["thrifty"]["ratio"] > by_name["zstd -3"]["ratio"] > 1
+
+
+def test_bench_refuses_what_it_cannot_measure(weights, tmp_path):
+    (tmp_path / "empty").write_bytes(b"")
+    assert_one_line_error(thrifty("bench", str(tmp_path / "empty"), check=False), "empty, nothing to measure")
+    for repeat in ("0", "-2", "x"):
+        proc = thrifty("bench", str(weights), "--repeat", repeat, check=False)
+        assert proc.returncode == 2 and f"'{repeat}' is not a positive whole number" in proc.stderr
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # in ZipNN's import

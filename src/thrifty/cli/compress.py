@@ -30,6 +30,12 @@ def _threads(value: str) -> int:
     return n if n > 0 else len(os.sched_getaffinity(0))
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(value)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", default=["-"], metavar="PATH",
                         help="files, directories with -r; - or none: stdin, to stdout unless -o")
@@ -372,20 +378,26 @@ def run_bench(argv: list[str]) -> int:
     )
     parser.add_argument("file")
     parser.add_argument("-T", "--threads", type=_threads, default=1, help="threads (default 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
+    parser.add_argument("--repeat", type=_positive, default=3, help="best of this many runs (default 3)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     from thrifty.compress import bench, planes
 
     data = Path(args.file).read_bytes()
+    if not data:
+        raise ThriftyError(f"{args.file}: empty, nothing to measure")
     results = bench.run_all(data, args.threads, args.repeat)
+    transform = "compiled" if planes.compiled is not None else "numpy"
     if args.json:
-        print(json.dumps([r.__dict__ for r in results], indent=1))
+        print(json.dumps({"file": args.file, "bytes": len(data), "threads": args.threads,
+                          "repeat": args.repeat, "plane_transform": transform,
+                          "results": [r.__dict__ for r in results]}, indent=1))
     else:
-        print(f"{args.file}: {len(data):,} bytes, {args.threads} thread(s), best of {args.repeat}\n")
+        print(f"{args.file}: {len(data):,} bytes, {plural(args.threads, 'thread')}, best of "
+              f"{args.repeat} (zstd -19: one run)\n")
         print(bench.table(results))
         print("\nthrifty's plane transform: " + (
-            "compiled" if planes.compiled is not None else
+            "compiled" if transform == "compiled" else
             "NumPy (thrifty.compress._planes was not built: reinstall with a C compiler present "
             "for planes several times faster)"))
     return 0
