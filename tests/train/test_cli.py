@@ -50,6 +50,15 @@ def test_bad_input_is_one_line(args, fragment):
     assert_one_line_error(thrifty("train", *args, check=False), fragment)
 
 
+def test_a_corpus_too_small_is_refused_before_a_run_directory_is_made(tmp_path):
+    (tmp_path / "tiny.txt").write_text("hi\n")
+    run = tmp_path / "run"
+    proc = thrifty("train", f"--data.corpus={tmp_path / 'tiny.txt'}", f"--run.dir={run}",
+                   "--nproc", "2", check=False)
+    assert_one_line_error(proc, "tiny.txt is too small: 4 bytes, and block_size 128 needs 2561")
+    assert not run.exists()
+
+
 def test_unknown_command():
     proc = thrifty("frobnicate", check=False)
     assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr

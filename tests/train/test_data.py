@@ -3,7 +3,7 @@ import torch
 
 from thrifty.errors import ThriftyError
 from thrifty.train.config import DataConfig
-from thrifty.train.data import Sampler, Windows, eval_batches, load_corpus, stdlib_dir
+from thrifty.train.data import Sampler, Windows, check_corpus, eval_batches, load_corpus, stdlib_dir
 
 
 def test_default_corpus_is_the_stdlib_without_site_packages():
@@ -48,6 +48,26 @@ def test_too_small_says_how_much_is_needed(tmp_path):
     path.write_bytes(b"x" * 159)
     with pytest.raises(ThriftyError, match="needs 161"):
         load_corpus(DataConfig(corpus=str(path), val_fraction=0.1), block_size=16)
+
+
+@pytest.mark.parametrize("files", [1, 3])
+def test_the_launchers_check_agrees_with_loading(tmp_path, files):
+    """check_corpus, from file sizes alone, refuses exactly the corpora load_corpus refuses."""
+    cfg = DataConfig(corpus=str(tmp_path), pattern="*.txt", val_fraction=0.1)
+    for n in range(130, 200, 3):
+        for i in range(files):
+            (tmp_path / f"{i}.txt").write_bytes(b"y" * (n // files))
+        try:
+            load_corpus(cfg, block_size=16)
+            loads = True
+        except ThriftyError:
+            loads = False
+        try:
+            check_corpus(cfg, block_size=16)
+            checks = True
+        except ThriftyError:
+            checks = False
+        assert loads == checks, n
 
 
 def _windows(n=10_000, block=16, seed=3):

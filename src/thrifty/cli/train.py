@@ -15,7 +15,7 @@ from thrifty.errors import ThriftyError
 from thrifty.report.terminal import cost_table
 from thrifty.train import accounting, checkpoint
 from thrifty.train.config import TrainConfig
-from thrifty.train.data import _corpus_files
+from thrifty.train.data import check_corpus
 
 DESCRIPTION = """\
 Train a decoder-only transformer on byte-level text, on one or more worker processes.
@@ -100,7 +100,7 @@ def run(argv: list[str]) -> int:
     if cfg.strategy.name == "single" and args.nproc > 1:
         raise ThriftyError("strategy.name: single trains in one process; use --nproc 1")
     cfg.layout(args.nproc)  # the batch must split over the workers
-    _corpus_files(cfg.data)  # fail here, once, rather than in every worker
+    check_corpus(cfg.data, cfg.model.block_size)  # fail here, once, not in every worker
 
     if args.people_hours < 0:
         raise ThriftyError("--people-hours must be >= 0")

@@ -39,6 +39,29 @@ def _corpus_files(cfg: DataConfig) -> tuple[Path, list[Path]]:
     return root, files
 
 
+def check_corpus(cfg: DataConfig, block_size: int) -> None:
+    """Raise the error load_corpus would, from the files' sizes alone: a launcher calls this
+    before it makes a run directory or starts a worker."""
+    root, files = _corpus_files(cfg)
+    sizes = {p: p.stat().st_size + 1 for p in files}  # load_corpus ends each file with a newline
+    total = sum(sizes.values())
+    val = sum(n for p, n in sizes.items() if len(files) > 1
+              and _held_out(p.relative_to(root).as_posix(), cfg.val_fraction))
+    if min(val, total - val) < block_size + 1:  # as in load_corpus: then the tail is held out
+        val = total - int(total * (1 - cfg.val_fraction))
+    if min(val, total - val) < block_size + 1:
+        _too_small(cfg, root, total, block_size)
+
+
+def _too_small(cfg: DataConfig, root: Path, total: int, block_size: int) -> None:
+    need = block_size + 1
+    raise ThriftyError(
+        f"corpus {cfg.corpus or root} is too small: {total} bytes, and block_size {block_size} "
+        f"needs {_smallest(need, cfg.val_fraction)} (one window of {need} bytes each for "
+        f"training and for validation, {cfg.val_fraction:g} held out)"
+    )
+
+
 def _held_out(rel: str, val_fraction: float) -> bool:
     # A hash of the relative path, not a random draw: the split is the same on every machine and
     # a file never moves between train and validation when others are added.
@@ -79,11 +102,7 @@ def load_corpus(cfg: DataConfig, block_size: int) -> Corpus:
         cut = int(len(text) * (1 - cfg.val_fraction))
         train, val = bytearray(text[:cut]), bytearray(text[cut:])
     if len(val) < need or len(train) < need:
-        raise ThriftyError(
-            f"corpus {cfg.corpus or root} is too small: {len(train) + len(val)} bytes, and "
-            f"block_size {block_size} needs {_smallest(need, cfg.val_fraction)} (one window of "
-            f"{need} bytes each for training and for validation, {cfg.val_fraction:g} held out)"
-        )
+        _too_small(cfg, root, len(train) + len(val), block_size)
     digest = hashlib.blake2b(bytes(train), digest_size=16)
     digest.update(bytes(val))
     return Corpus(
