@@ -1,6 +1,6 @@
 """Where the compression targets that `compress.py` misses stand, measured rather than argued.
 
-Six tables, no targets (exit status 0 unless something fails to round-trip):
+Seven tables, no targets (exit status 0 unless something fails to round-trip):
 
 1. Decompressing MiniLM's weights (bf16 and fp32) on one thread: ZipNN's time beside thrifty's,
    thrifty's time split into its stages (checking payload digests, zstd, merging planes
@@ -23,6 +23,10 @@ Six tables, no targets (exit status 0 unless something fails to round-trip):
 6. Why the benchmarks fix glibc's malloc thresholds: five back-to-back decodes of MiniLM bf16
    by ZipNN and by thrifty, each in a child process with glibc's default malloc and in one
    with ``thrifty.compress.bench.fresh_malloc``: time and page faults of every round.
+
+7. What the container costs a small file: the standard library's ``email`` package, file by
+   file, under thrifty and under zstd -3 with its checksum (as ``zstd`` writes it): the bytes
+   thrifty adds per file (header, chunk frame, index, trailer, digests).
 
 Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
@@ -331,6 +335,24 @@ def loop(codec: str, path: str, malloc: str, rounds: int = 5) -> None:
     print(", ".join(cells))
 
 
+SMALL_HEAD = ["| files | bytes | thrifty | zstd -3 | thrifty adds per file |", "|---|---|---|---|---|"]
+
+
+def small_files_row() -> str:
+    """The email package, each file coded alone, as ``thrifty compress -r`` and ``zstd -r`` do."""
+    from thrifty.train.data import stdlib_dir
+
+    files = sorted(p for p in (stdlib_dir() / "email").rglob("*.py"))
+    raw = ours = theirs = 0
+    for p in files:
+        data = p.read_bytes()
+        raw += len(data)
+        ours += len(compress_bytes(data))
+        theirs += len(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data))
+    return (f"| {len(files)} (`email/**/*.py`) | {raw:,} | {raw / ours:.3f}x | {raw / theirs:.3f}x "
+            f"| {(ours - theirs) / len(files):.0f} bytes |")
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--loop"]:
         loop(*sys.argv[2:5])
@@ -354,6 +376,8 @@ def main() -> int:
         print("\n".join([*BUFFER_HEAD, *buffer_rows(bf16.read_bytes())]))
         print("\n## Back-to-back decodes of MiniLM bf16, one thread, by malloc setting\n")
         print("\n".join([*LOOP_HEAD, *loop_rows(bf16)]))
+        print("\n## What the container costs a small file\n")
+        print("\n".join([*SMALL_HEAD, small_files_row()]))
     print("\n" + machine())
     return 0
 
