@@ -33,7 +33,7 @@ def test_estimate_inference_comm_and_prices_override(tmp_path: Path):
     assert inf["kv_cache_bytes_per_token"] == 327_680 and inf["bound"] == "memory"
     comm = thrifty("estimate", "comm", "--model", "llama2-7b", "--count", "64", "--interconnect", "10gbe",
                    "--inner-steps", "500").stdout
-    assert "ddp" in comm and "diloco" in comm and "500 step(s)" in comm
+    assert "ddp" in comm and "diloco" in comm and "500 steps" in comm and "1 step " in comm
     cheap = tmp_path / "cheap.toml"
     cheap.write_text("[accelerators.h100-sxm]\nusd_per_hour = 1.0\n")
     base = json.loads(thrifty("estimate", "train", "--model", "llama2-7b", "--json").stdout)

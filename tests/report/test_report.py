@@ -116,3 +116,4 @@ def test_plural():
     from thrifty.report.terminal import plural
 
     assert [plural(n, "step") for n in (0, 1, 2, 1000)] == ["0 steps", "1 step", "2 steps", "1,000 steps"]
+    assert [plural(n, "month") for n in (1.0, 1.5, 12.0)] == ["1 month", "1.5 months", "12 months"]

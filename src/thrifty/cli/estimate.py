@@ -15,6 +15,7 @@ from thrifty.report.terminal import (
     fmt_energy,
     fmt_seconds,
     fmt_usd,
+    plural,
     table,
 )
 
@@ -218,7 +219,7 @@ def _comm_text(r: dict) -> str:
             "cost")
     rows = []
     for name, s in r["strategies"].items():
-        rows.append((name, f"{s['sync_every']} step(s)", fmt_bytes(s["bytes_per_sync"]),
+        rows.append((name, plural(s['sync_every'], 'step'), fmt_bytes(s["bytes_per_sync"]),
                      fmt_seconds(s["sync_s"]), f"{s['syncs']:,}", fmt_seconds(s["comm_s"]),
                      fmt_seconds(s["wall_s"]), f"{s['comm_fraction']:.1%}", fmt_usd(s["usd"])))
     title = (f"estimate (communication): {r['model']}, {r['workers']} x {r['accelerator']} over "

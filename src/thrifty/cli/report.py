@@ -11,7 +11,7 @@ from thrifty.cost.charges import charges
 from thrifty.cost.ledger import open_ledger
 from thrifty.cost.meter import Usage
 from thrifty.errors import ThriftyError
-from thrifty.report.terminal import cost_table, fmt_bytes, fmt_seconds, fmt_usd, table
+from thrifty.report.terminal import cost_table, fmt_bytes, fmt_seconds, fmt_usd, plural, table
 
 
 def _priced(run: dict, book: prices_lib.PriceBook | None, region: str | None) -> dict:
@@ -113,7 +113,7 @@ def _savings(r: dict, book: prices_lib.PriceBook) -> list[str]:
         price = s[f"{s['tier']}_usd_per_gb_month"]
         usd = saved / 1e9 * price * s["retention_months"]
         out.append(f"compression: {fmt_bytes(saved)} less stored ({saved / u['bytes_written_raw']:.0%}), "
-                   f"{fmt_usd(usd)} over {s['retention_months']:g} month(s) at ${price:g}/GB-month")
+                   f"{fmt_usd(usd)} over {plural(s['retention_months'], 'month')} at ${price:g}/GB-month")
     workers = info.get("world_size") or 1
     plain = info.get("plain_allreduce_bytes") or 0
     if workers > 1 and plain > u["bytes_communicated"]:
@@ -177,7 +177,7 @@ def run_prices(argv: list[str]) -> int:
         ("PUE", f"{e['pue']:g} ({e['pue_source']})"),
         ("carbon", f"{book.carbon_g_per_kwh():g} g/kWh in {c['region']!r} ({c['source']})"),
         ("storage", f"hot ${s['hot_usd_per_gb_month']:g}/GB-month, cold ${s['cold_usd_per_gb_month']:g}; "
-                    f"charged {s['tier']} for {s['retention_months']:g} month(s)"),
+                    f"charged {s['tier']} for {plural(s['retention_months'], 'month')}"),
         ("network", f"${book['network']['usd_per_gb']:g}/GB ({book['network']['source']})"),
         ("CPU", f"${book['cpu']['usd_per_core_hour']:g}/core-hour, {book['cpu']['watts_per_core']:g} W/core"),
         ("people", f"${book['people']['usd_per_hour']:g}/h ({book['people']['source']})"),

@@ -38,9 +38,10 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def plural(n: int, noun: str) -> str:
-    """``1 step``, ``2 steps``, ``1,000 chunks``."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+def plural(n: float, noun: str) -> str:
+    """``1 step``, ``2 steps``, ``1,000 chunks``, ``1.5 months``."""
+    count = f"{n:,}" if isinstance(n, int) else f"{n:g}"
+    return f"{count} {noun}{'' if n == 1 else 's'}"
 
 
 def fmt_count(n: float) -> str:

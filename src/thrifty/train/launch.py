@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from thrifty.errors import Terminated, ThriftyError
+from thrifty.report.terminal import plural
 
 
 def launch(config_path: Path, nproc: int, max_restarts: int, resume: Path | None) -> None:
@@ -51,5 +52,5 @@ def launch(config_path: Path, nproc: int, max_restarts: int, resume: Path | None
         rank, failure = exc.get_first_failure()
         raise ThriftyError(
             f"worker {rank} failed with exit code {failure.exitcode}"
-            + (f" after {max_restarts} restart(s)" if max_restarts else "")
+            + (f" after {plural(max_restarts, 'restart')}" if max_restarts else "")
         ) from None

@@ -484,7 +484,8 @@ def format_summary(s: dict) -> str:
                          f"{plural(s['syncs'], 'sync')}{saving}"),
         ("compute", f"{s['cpu_s']:,.1f} CPU-seconds, {s['flops'] / 1e12:,.2f} TFLOP"),
         ("peak memory", f"{fmt_bytes(s['peak_rss_bytes'])} per worker (max RSS)"),
-        ("wall time", f"{s['wall_s']:,.1f} s" + (f", {s['restarts']} restart(s)" if s["restarts"] else "")),
+        ("wall time", f"{s['wall_s']:,.1f} s"
+         + (f", {plural(s['restarts'], 'restart')}" if s["restarts"] else "")),
         ("checkpoint", s["checkpoint"] or "none"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -12,6 +12,7 @@ import torch
 
 from thrifty.cost.meter import process_cpu_seconds
 from thrifty.cost.prices import names_device
+from thrifty.report.terminal import plural
 from thrifty.train.checkpoint import write_atomic
 
 # Peak dense bf16 tensor-core TFLOP/s (without sparsity), from the vendors' data sheets. Matched
@@ -72,7 +73,7 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     if device.type == "cuda":
         return gpu_peak_flops(device)
     threads = torch.get_num_threads()
-    return cpu_peak_flops(threads), f"measured: fp32 matmul probe, {threads} thread(s)"
+    return cpu_peak_flops(threads), f"measured: fp32 matmul probe, {plural(threads, 'thread')}"
 
 
 def cpu_seconds() -> float:
