@@ -133,8 +133,8 @@ def _each(inputs, work) -> int:
 
 def _to_stdout(args, inputs: list[Path | None], compressing: bool) -> bool:
     """Whether the output goes to stdout: -c, -o -, or stdin without -o (a filter, as zstd and
-    gzip are). Like them, never read coded data from a terminal or write it to one; ``-f``
-    overrides the latter, as theirs does."""
+    gzip are). Like zstd, never read stdin from a terminal, nor write compressed data to one
+    (``-f`` allows that, as it does for zstd and gzip)."""
     if None in inputs and sys.stdin.isatty():
         raise ThriftyError("stdin is a terminal: give a file, or pipe the data in")
     to = args.stdout or args.output == "-" or (inputs == [None] and not args.output)
