@@ -168,12 +168,12 @@ def test_torchrun_runs_the_same_module(tmp_path):
     assert row["usage"]["bytes_communicated"] == s["bytes_sent_total"]
 
 
-def _launch_until_checkpoint(run: Path, step: int, *args: str) -> subprocess.Popen:
+def _launch_until_checkpoint(run: Path, step: int, *args: str, own_group: bool = False) -> subprocess.Popen:
     """``thrifty train`` on 2 workers in the background, returned once checkpoint ``step`` is
-    written."""
+    written; ``own_group``: in a process group of its own, as a shell puts a job."""
     launcher = subprocess.Popen(
         [sys.executable, "-m", "thrifty", "train", *args, f"--run.dir={run}", "--nproc", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=own_group,
     )
     deadline = time.time() + 120
     while not (run / "checkpoints" / f"step_{step:08d}").exists():
@@ -233,6 +233,26 @@ def test_corpus_of_one_text_file(tmp_path):
     thrifty("train", *args, f"--data.corpus={text}", "--train.tokens=1024",
             f"--run.dir={tmp_path / 'run'}", "--strategy.name=single")
     assert summary(tmp_path / "run")["steps"] == 4
+
+
+def test_ctrl_c_stops_every_process_in_one_line(tmp_path):
+    """Ctrl-C in a terminal signals the whole job, launcher and workers alike: one line, no
+    worker's traceback, 128 + SIGINT."""
+    run = tmp_path / "run"
+    launcher = _launch_until_checkpoint(run, 5, *TINY, "--train.tokens=2560000",
+                                        "--run.checkpoint_interval=5", own_group=True)
+    try:
+        pids = _worker_pids(run)
+        os.killpg(launcher.pid, signal.SIGINT)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 128 + signal.SIGINT
+    assert err.strip().splitlines() == ["thrifty: terminated by SIGINT"]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_sigterm_stops_the_workers_and_says_so_in_one_line(tmp_path):

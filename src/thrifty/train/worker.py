@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import gc
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -144,4 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (rank {rank})" if rank not in (None, "0") else ""
         print(f"thrifty: error{where}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C reaches every process in the terminal's group: the launcher (or torchrun) says
+        # so in one line and stops the group; a worker leaves quietly, with the shell's status.
+        return 128 + signal.SIGINT
     return 0
