@@ -5,7 +5,7 @@ from __future__ import annotations
 from thrifty.cost.meter import Usage
 from thrifty.cost.prices import PriceBook
 from thrifty.errors import ThriftyError
-from thrifty.report.terminal import fmt_bytes, fmt_energy
+from thrifty.report.terminal import fmt_bytes, fmt_energy, plural
 
 DRIVERS = ("compute", "data", "storage", "network", "people")
 GB = 1e9
@@ -56,7 +56,8 @@ def charges(usage: Usage, book: PriceBook, region: str | None = None) -> dict:
     out["storage"] = {"usd": stored_gb * month_price * s["retention_months"], "kwh": 0.0, "kg_co2": 0.0,
                       "basis": f"{fmt_bytes(usage.bytes_written_stored)} stored "
                                f"({fmt_bytes(usage.bytes_written_raw)} raw) x "
-                               f"${month_price:g}/GB-month ({tier}) x {s['retention_months']:g} months"}
+                               f"${month_price:g}/GB-month ({tier}) "
+                               f"x {plural(s['retention_months'], 'month')}"}
 
     net_price = book["network"]["collectives_usd_per_gb"]
     if usage.machines > 1:
