@@ -31,6 +31,7 @@ def test_metered_run_measures_records_and_prices(tmp_path: Path):
     assert ledger.points(run.id) == run.points
     c = charges(u, prices.from_data(row["prices"]))
     assert c["storage"]["usd"] == pytest.approx(1 * 0.023)
+    assert c["storage"]["basis"].endswith("x $0.023/GB-month (hot) x 1 month")
     assert c["people"]["usd"] == pytest.approx(2 * 89)
     assert c["network"]["usd"] == 0  # one machine: loopback
     assert c["compute"]["usd"] == pytest.approx(u.cpu_s / 3600 * 0.0446)
