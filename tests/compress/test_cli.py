@@ -223,6 +223,22 @@ def test_inspect_counts_chunks_in_words(tmp_path):
     assert ", 1 chunk of up to 1,048,576 bytes" in out.splitlines()[0]
 
 
+def test_inspect_takes_several_files_and_names_the_bad_one(weights, tmp_path):
+    """As zstd -l: every file shown, one line for each that cannot be read, exit status 1."""
+    (tmp_path / "small.txt").write_bytes(b"one chunk of text\n" * 100)
+    thrifty("compress", str(tmp_path / "small.txt"), str(weights))
+    files = [str(tmp_path / "small.txt.thz"), str(tmp_path / "model.safetensors.thz")]
+    out = thrifty("inspect", *files).stdout
+    assert [line.split(":")[0] for line in out.splitlines() if ".thz:" in line] == files
+    proc = thrifty("inspect", files[0], str(tmp_path / "nope.thz"), files[1], check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("nope.thz: No such file or directory")
+    assert proc.stdout == out
+    listed = json.loads(thrifty("inspect", "--json", *files).stdout)
+    assert [d["file"] for d in listed] == files and listed[1]["kind"] == "safetensors"
+    one = json.loads(thrifty("inspect", "--json", files[0]).stdout)
+    assert one["file"] == files[0] and one["chunks"] == 1  # one file: the object itself
+
+
 def test_bench_compares_codecs(weights):
     out = thrifty("bench", str(weights), "--repeat", "1").stdout
     for name in ("thrifty", "zstd -3", "zstd -19", "lz4", "zlib -6", "ZipNN"):

@@ -315,12 +315,30 @@ def _fmt_ratio(raw: int, stored: int) -> str:
 def run_inspect(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="thrifty inspect",
-        description="Show what a thrifty container holds and how well each tensor and plane compressed.",
+        description="Show what thrifty containers hold and how well each tensor and plane compressed.",
     )
-    parser.add_argument("file")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable output (a list when several files are given)")
     args = parser.parse_args(argv)
-    archive = thz.open_archive(args.file)
+    found: list[dict] = []
+
+    def work(path: str) -> None:
+        summary = _inspect(path)
+        found.append(summary)
+        if not args.json:
+            print(("\n" if len(found) > 1 else "") + _inspect_text(summary), flush=True)
+
+    status = _each(args.files, work)
+    if args.json and found:
+        print(json.dumps(found if len(args.files) > 1 else found[0], indent=1))
+    return status
+
+
+def _inspect(path: str) -> dict:
+    """What ``thrifty inspect`` shows of one file: its header, and bytes and stored bytes per
+    tensor (small tensors coded together count as one row) and per plane."""
+    archive = thz.open_archive(path)
     try:
         stats = archive.stats()
     finally:
@@ -352,23 +370,26 @@ def run_inspect(argv: list[str]) -> int:
             other["bytes"], other["stored"] = stats.original, sum(s for _, s in stats.planes.values())
         other["planes"] = [{"bytes": other["bytes"], "stored": other["stored"]}]
         rows.append(other)
-    summary = {"file": args.file, "kind": h["kind"], "codec": h["codec"], "level": h["level"],
-               "chunk_size": h["chunk_size"], "chunks": len(archive.index["chunks"]),
-               "original_size": stats.original, "stored_size": stats.stored, "segments": rows}
-    if args.json:
-        print(json.dumps(summary, indent=1))
-        return 0
-    print(f"{args.file}: {h['kind']}, {h['codec']} level {h['level']}, "
-          f"{plural(len(archive.index['chunks']), 'chunk')} of up to {h['chunk_size']:,} bytes")
-    print(f"{stats.original:,} -> {stats.stored:,} bytes ({_fmt_ratio(stats.original, stats.stored)})\n")
+    return {"file": path, "kind": h["kind"], "codec": h["codec"], "level": h["level"],
+            "chunk_size": h["chunk_size"], "chunks": len(archive.index["chunks"]),
+            "original_size": stats.original, "stored_size": stats.stored, "segments": rows}
+
+
+def _inspect_text(summary: dict) -> str:
+    s, rows = summary, summary["segments"]
+    lines = [f"{s['file']}: {s['kind']}, {s['codec']} level {s['level']}, "
+             f"{plural(s['chunks'], 'chunk')} of up to {s['chunk_size']:,} bytes",
+             f"{s['original_size']:,} -> {s['stored_size']:,} bytes "
+             f"({_fmt_ratio(s['original_size'], s['stored_size'])})", ""]
     name_w = min(48, max([len(r["name"]) for r in rows] + [4]))
-    print(f"{'name':<{name_w}}  {'dtype':<5}  {'bytes':>13}  {'ratio':>7}  planes (most significant first)")
+    lines.append(f"{'name':<{name_w}}  {'dtype':<5}  {'bytes':>13}  {'ratio':>7}  "
+                 "planes (most significant first)")
     for r in rows:
         planes = " ".join(_fmt_ratio(p["bytes"], p["stored"]) for p in r["planes"])
         name = r["name"] if len(r["name"]) <= name_w else "…" + r["name"][-name_w + 1:]
-        print(f"{name:<{name_w}}  {r['dtype']:<5}  {r['bytes']:>13,}  "
-              f"{_fmt_ratio(r['bytes'], r['stored']):>7}  {planes}")
-    return 0
+        lines.append(f"{name:<{name_w}}  {r['dtype']:<5}  {r['bytes']:>13,}  "
+                     f"{_fmt_ratio(r['bytes'], r['stored']):>7}  {planes}")
+    return "\n".join(lines)
 
 
 def run_bench(argv: list[str]) -> int:
