@@ -190,6 +190,11 @@ def test_torch_checkpoints_get_the_float_transform(tmp_path):
     # every storage's dtype is known, the fp32 step counters of AdamW included
     assert {t.dtype for t in archive.tensors} == {"BF16", "F32"}
     assert len(archive.tensors) == 4 + 4 * 3  # weights; AdamW's step, exp_avg, exp_avg_sq each
+    # named where the pickle puts them (read from its opcodes' structure, nothing run)
+    names = [t.name for t in archive.tensors]
+    assert names[:4] == ["model.0.weight", "model.0.bias", "model.1.weight", "model.1.bias"]
+    assert {"opt.state.0.exp_avg", "opt.state.3.exp_avg_sq", "opt.state.2.step"} < set(names)
+    assert info["segments"][0]["name"] == "model.0.weight"
     path.rename(tmp_path / "orig.pt")
     thrifty("decompress", str(tmp_path / "ckpt.pt.thz"))
     assert path.read_bytes() == (tmp_path / "orig.pt").read_bytes()

@@ -177,6 +177,34 @@ def test_in_memory_files_get_their_layout(kind):
     assert compress.decompress_bytes(blob) == data
 
 
+class _RunsACommand:
+    """Pickles as a call of os.system: what a hostile checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoints_pickle_is_read_never_run(tmp_path):
+    """Tensor names and dtypes come from data.pkl's structure; nothing in it is imported or
+    called, a hostile global included."""
+    from thrifty.compress import layouts
+
+    marker = tmp_path / "ran"
+    buffer = io.BytesIO()
+    torch.save({"net": {"w": torch.randn(64, 64).to(torch.bfloat16)}, "x": _RunsACommand(marker)}, buffer)
+    buffer.seek(0)
+    kind, segments = layouts.detect(buffer, len(buffer.getvalue()))
+    assert kind == "torch" and not marker.exists()
+    assert [(s.name, s.dtype) for s in segments if s.dtype] == [("net.w", "BF16")]
+    assert compress.decompress_bytes(compress.compress_bytes(buffer.getvalue())) == buffer.getvalue()
+    assert not marker.exists()
+
+
 def test_a_stream_of_unknown_size_decodes_from_memory():
     """A pipe's container has no original size in its header: nothing can be reserved."""
     data = _float_bytes(20_000, torch.bfloat16) + b"tail"

@@ -142,7 +142,13 @@ def npy_layout(head: bytes, size: int) -> tuple[str, list[Segment]] | None:
 
 class _Opaque(dict):
     """Stands in for every global a pickle names: nothing it refers to is imported or run. It
-    accepts whatever the pickle does to it (call, item set, append, state), and ignores it."""
+    accepts whatever the pickle does to it (call, item set, append, state), and ignores it,
+    except that a call with a tensor among its arguments (torch rebuilding a tensor from its
+    storage, or a parameter from a tensor) stands for that tensor."""
+
+    def __new__(cls, *args, **kwargs):
+        ref = next((a for a in args if isinstance(a, _TensorRef)), None)
+        return ref if ref is not None else super().__new__(cls)
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -151,7 +157,7 @@ class _Opaque(dict):
         pass
 
     def __call__(self, *args, **kwargs):
-        return _Opaque()
+        return _Opaque(*args)
 
     def append(self, item):
         pass
@@ -160,9 +166,21 @@ class _Opaque(dict):
         pass
 
 
-def _storage_dtypes(pkl: bytes) -> dict[str, str]:
-    """Map storage key -> dtype name from a torch.save ``data.pkl``, without executing it."""
-    found: dict[str, str] = {}
+class _TensorRef:
+    """A tensor in a torch.save pickle, known only by the key of the storage it views."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __setstate__(self, state):
+        pass
+
+
+def _storages(pkl: bytes) -> dict[str, tuple[str, str]]:
+    """Map storage key -> (dtype name, where the pickle puts a tensor of it, as a dotted path
+    such as ``model.lm_head.weight``, or '' if nowhere) from a torch.save ``data.pkl``, without
+    executing it."""
+    dtypes: dict[str, str] = {}
 
     class Scanner(pickle.Unpickler):
         def find_class(self, module, name):
@@ -173,14 +191,30 @@ def _storage_dtypes(pkl: bytes) -> dict[str, str]:
         def persistent_load(self, pid):
             if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
                 if isinstance(pid[1], str):
-                    found[str(pid[2])] = pid[1]
+                    dtypes[str(pid[2])] = pid[1]
+                return _TensorRef(str(pid[2]))
             return _Opaque()
 
+    names: dict[str, str] = {}
     try:
-        Scanner(io.BytesIO(pkl)).load()
-    except Exception:  # noqa: BLE001 - an odd pickle only costs us the dtype hints
+        _walk(Scanner(io.BytesIO(pkl)).load(), "", names, set(), 0)
+    except Exception:  # noqa: BLE001 - an odd pickle only costs us the dtype hints and names
         pass
-    return found
+    return {key: (dtype, names.get(key, "")) for key, dtype in dtypes.items()}
+
+
+def _walk(obj, path: str, names: dict[str, str], seen: set[int], depth: int) -> None:
+    """Record the first path at which each storage's tensor appears (a tied weight is named
+    once, where it first appears)."""
+    if isinstance(obj, _TensorRef):
+        names.setdefault(obj.key, path)
+        return
+    if depth > 64 or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        _walk(value, f"{path}.{key}" if path else str(key), names, seen, depth + 1)
 
 
 def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
@@ -192,7 +226,7 @@ def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
         if pkl_info is None:
             return None
         prefix = pkl_info.filename[: -len("data.pkl")]
-        dtypes = _storage_dtypes(zf.read(pkl_info))
+        storages = _storages(zf.read(pkl_info))
         segments = []
         for info in infos:
             if not info.filename.startswith(prefix + "data/") or info.compress_type != 0:
@@ -204,8 +238,9 @@ def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
                 continue
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             start = info.header_offset + 30 + name_len + extra_len
-            if key in dtypes:
-                segments.append(Segment(start, info.file_size, info.filename, dtypes[key]))
+            if key in storages:
+                dtype, name = storages[key]
+                segments.append(Segment(start, info.file_size, name or info.filename, dtype))
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, struct.error):
         return None
     return "torch", _fill(segments, size)
