@@ -205,6 +205,24 @@ def test_a_checkpoints_pickle_is_read_never_run(tmp_path):
     assert not marker.exists()
 
 
+def test_one_tensor_is_read_from_a_torch_checkpoint_by_its_key(tmp_path):
+    model = torch.nn.Linear(64, 32)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 64)).sum().backward()
+    opt.step()
+    whole = torch.arange(100.0).reshape(10, 10)
+    src = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "view": whole[2:5]}, src)
+    compress.compress_file(src, tmp_path / "ckpt.pt.thz")
+    packed = tmp_path / "ckpt.pt.thz"
+    assert torch.equal(compress.read_tensor(packed, "model.weight"), model.weight.detach())
+    assert torch.equal(compress.read_tensor(packed, "opt.state.1.exp_avg_sq"),
+                       opt.state[model.bias]["exp_avg_sq"])
+    assert compress.read_tensor(packed, "opt.state.0.step").shape == ()
+    with pytest.raises(ThriftyError, match="'view' is a view into a larger storage"):
+        compress.read_tensor(packed, "view")  # its bytes are rows 0-9; it is rows 2-4
+
+
 def test_a_stream_of_unknown_size_decodes_from_memory():
     """A pipe's container has no original size in its header: nothing can be reserved."""
     data = _float_bytes(20_000, torch.bfloat16) + b"tail"

@@ -160,7 +160,8 @@ def _safetensors_views(buf: memoryview, name: str) -> dict:
 
 
 def read_tensor(path: str | Path, name: str, threads: int = 1):
-    """One tensor from a compressed safetensors file, decoding only the chunks that hold it."""
+    """One tensor from a compressed safetensors file or torch.save checkpoint (by its dotted
+    state-dict key there, ``model.lm_head.weight``), decoding only the chunks that hold it."""
     import torch
     from safetensors.torch import _TYPES  # safetensors' own dtype-name table
 
@@ -169,10 +170,13 @@ def read_tensor(path: str | Path, name: str, threads: int = 1):
         seg = next((t for t in archive.tensors if t.name == name), None)
         if seg is None:
             raise ThriftyError(f"{path}: no tensor named {name!r}")
+        dtype = _TYPES[seg.dtype]
+        if math.prod(seg.shape) * torch.empty(0, dtype=dtype).element_size() != seg.length:
+            raise ThriftyError(f"{path}: {name!r} is a view into a larger storage and has no shape "
+                               "of its own; decompress the file and torch.load it")
         data = archive.read(seg.offset, seg.length)  # a writable buffer of its own: no copy
     finally:
         archive.f.close()
-    dtype = _TYPES[seg.dtype]
     if not data:
         return torch.empty(seg.shape, dtype=dtype)
     return torch.frombuffer(data, dtype=dtype).reshape(seg.shape)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import struct
 import zipfile
@@ -148,7 +149,13 @@ class _Opaque(dict):
 
     def __new__(cls, *args, **kwargs):
         ref = next((a for a in args if isinstance(a, _TensorRef)), None)
-        return ref if ref is not None else super().__new__(cls)
+        if ref is None:
+            return super().__new__(cls)
+        # torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...): a tensor that
+        # is its whole storage, in order, has that storage's shape
+        if len(args) >= 4 and args[0] is ref and args[1] == 0 and _contiguous(args[2], args[3]):
+            return _TensorRef(ref.key, [int(n) for n in args[2]])
+        return ref
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -167,19 +174,31 @@ class _Opaque(dict):
 
 
 class _TensorRef:
-    """A tensor in a torch.save pickle, known only by the key of the storage it views."""
+    """A tensor in a torch.save pickle, known by the key of the storage it views and, where it
+    spans that storage in order, its shape."""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str, shape: list[int] | None = None):
+        self.key, self.shape = key, shape
+
+
+def _contiguous(size, stride) -> bool:
+    if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
+        return False
+    expect = 1
+    for n, step in zip(reversed(size), reversed(stride), strict=True):
+        if not (isinstance(n, int) and isinstance(step, int)) or (n > 1 and step != expect):
+            return False
+        expect *= n
+    return True
 
     def __setstate__(self, state):
         pass
 
 
-def _storages(pkl: bytes) -> dict[str, tuple[str, str]]:
-    """Map storage key -> (dtype name, where the pickle puts a tensor of it, as a dotted path
-    such as ``model.lm_head.weight``, or '' if nowhere) from a torch.save ``data.pkl``, without
-    executing it."""
+def _storages(pkl: bytes) -> dict[str, tuple[str, str, list[int] | None]]:
+    """Map storage key -> (dtype name, where the pickle puts a tensor of it as a dotted path
+    such as ``model.lm_head.weight`` or '' if nowhere, that tensor's shape if it spans the
+    storage) from a torch.save ``data.pkl``, without executing it."""
     dtypes: dict[str, str] = {}
 
     class Scanner(pickle.Unpickler):
@@ -195,26 +214,29 @@ def _storages(pkl: bytes) -> dict[str, tuple[str, str]]:
                 return _TensorRef(str(pid[2]))
             return _Opaque()
 
-    names: dict[str, str] = {}
+    found: dict[str, _TensorRef] = {}
     try:
-        _walk(Scanner(io.BytesIO(pkl)).load(), "", names, set(), 0)
+        _walk(Scanner(io.BytesIO(pkl)).load(), "", found, set(), 0)
     except Exception:  # noqa: BLE001 - an odd pickle only costs us the dtype hints and names
         pass
-    return {key: (dtype, names.get(key, "")) for key, dtype in dtypes.items()}
+    return {key: (dtype, found[key].path if key in found else "",
+                  found[key].shape if key in found else None) for key, dtype in dtypes.items()}
 
 
-def _walk(obj, path: str, names: dict[str, str], seen: set[int], depth: int) -> None:
-    """Record the first path at which each storage's tensor appears (a tied weight is named
-    once, where it first appears)."""
+def _walk(obj, path: str, found: dict[str, _TensorRef], seen: set[int], depth: int) -> None:
+    """Record the first place each storage's tensor appears (a tied weight is named once,
+    where it first appears)."""
     if isinstance(obj, _TensorRef):
-        names.setdefault(obj.key, path)
+        if obj.key not in found:
+            obj.path = path
+            found[obj.key] = obj
         return
     if depth > 64 or id(obj) in seen:
         return
     seen.add(id(obj))
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for key, value in items:
-        _walk(value, f"{path}.{key}" if path else str(key), names, seen, depth + 1)
+        _walk(value, f"{path}.{key}" if path else str(key), found, seen, depth + 1)
 
 
 def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
@@ -239,8 +261,11 @@ def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             start = info.header_offset + 30 + name_len + extra_len
             if key in storages:
-                dtype, name = storages[key]
-                segments.append(Segment(start, info.file_size, name or info.filename, dtype))
+                dtype, name, shape = storages[key]
+                width = DTYPES.get(dtype, (NONE, 1))[1]  # the one-byte types are not listed
+                if shape is None or math.prod(shape) * width != info.file_size:
+                    shape = []  # a view into a larger storage: its bytes have no one shape
+                segments.append(Segment(start, info.file_size, name or info.filename, dtype, shape))
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, struct.error):
         return None
     return "torch", _fill(segments, size)
