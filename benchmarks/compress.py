@@ -44,6 +44,7 @@ import torch
 from _common import machine, verdict
 
 from thrifty.compress import bench
+from thrifty.report.terminal import plural
 from thrifty.train.data import stdlib_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def main() -> int:
             for threads in args.threads:
                 results = bench.run_all(data, threads, args.repeat)
                 report[f"{name} @{threads}T"] = [r.__dict__ for r in results]
-                print(f"## {name}: {len(data) / 1e6:.1f} MB, {threads} thread(s)\n")
+                print(f"## {name}: {len(data) / 1e6:.1f} MB, {plural(threads, 'thread')}\n")
                 print(bench.table(results) + "\n", flush=True)
                 by = {r.name: r for r in results}
                 ours, z3, zipnn = by["thrifty"], by["zstd -3"], by["ZipNN"]
@@ -183,7 +184,7 @@ def main() -> int:
             threads = max(args.threads)
             rss, mb_s = big_file_peak_rss(work / "big.bin", args.big_gb, threads)
             report["big file"] = {"gb": args.big_gb, "peak_rss_bytes": rss, "mb_s": mb_s}
-            print(f"## {args.big_gb:g} GB of bf16 values, {threads} threads: peak RSS "
+            print(f"## {args.big_gb:g} GB of bf16 values, {plural(threads, 'thread')}: peak RSS "
                   f"{rss / 2**20:.0f} MiB, {mb_s:.0f} MB/s\n")
             if rss >= 256 << 20:
                 failures.append(f"peak memory {rss / 2**20:.0f} MiB on {args.big_gb:g} GB >= 256 MiB")

@@ -178,10 +178,14 @@ class _TensorRef:
     spans that storage in order, its shape."""
 
     def __init__(self, key: str, shape: list[int] | None = None):
-        self.key, self.shape = key, shape
+        self.key, self.shape, self.path = key, shape, ""
+
+    def __setstate__(self, state):
+        pass
 
 
 def _contiguous(size, stride) -> bool:
+    """Whether a tensor of ``size`` and ``stride`` (tuples from the pickle) is laid out in order."""
     if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
         return False
     expect = 1
@@ -190,9 +194,6 @@ def _contiguous(size, stride) -> bool:
             return False
         expect *= n
     return True
-
-    def __setstate__(self, state):
-        pass
 
 
 def _storages(pkl: bytes) -> dict[str, tuple[str, str, list[int] | None]]:
