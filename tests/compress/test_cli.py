@@ -95,6 +95,11 @@ def test_pipes(tmp_path):
     mixed = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-", str(other)],
                            input=data.decode(), capture_output=True, text=True)
     assert_one_line_error(mixed, "stdin among other inputs needs -c")
+    # containers back to back would not decompress (each ends with its index): refused up front
+    both = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-c", str(other), str(other)],
+                          capture_output=True, text=True)
+    assert_one_line_error(both, "-c takes one input")
+    assert both.stdout == ""
 
 
 def test_coded_data_is_not_read_from_or_written_to_a_terminal(tmp_path):

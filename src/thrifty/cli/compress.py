@@ -189,6 +189,9 @@ def run_compress(argv: list[str]) -> int:
     container.Options(**opts)  # bad options: one error before any file is touched
     inputs = _inputs(args, want_thz=False)
     to_stdout = _to_stdout(args, inputs, compressing=True)
+    if to_stdout and len(inputs) > 1:  # gzip -c would concatenate; a .thz ends with its index
+        raise ThriftyError("-c takes one input: containers written back to back do not decompress "
+                           "(tar the files first, or compress them one by one)")
 
     def work(src: Path | None) -> None:
         # A FIFO, a device or a process substitution <(...) cannot be measured or re-read: it
