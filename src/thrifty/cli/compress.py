@@ -320,7 +320,7 @@ def run_inspect(argv: list[str]) -> int:
         prog="thrifty inspect",
         description="Show what thrifty containers hold and how well each tensor and plane compressed.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("files", nargs="+", metavar="FILE", help=".thz files")
     parser.add_argument("--json", action="store_true",
                         help="machine-readable output (a list when several files are given)")
     args = parser.parse_args(argv)
