@@ -43,18 +43,26 @@ def check_corpus(cfg: DataConfig, block_size: int) -> None:
     """Raise the error load_corpus would, from the files' sizes alone: a launcher calls this
     before it makes a run directory or starts a worker."""
     root, files = _corpus_files(cfg)
-    sizes = {p: p.stat().st_size + 1 for p in files}  # load_corpus ends each file with a newline
-    total = sum(sizes.values())
-    val = sum(n for p, n in sizes.items() if len(files) > 1
-              and _held_out(p.relative_to(root).as_posix(), cfg.val_fraction))
-    if min(val, total - val) < block_size + 1:  # as in load_corpus: then the tail is held out
-        val = total - int(total * (1 - cfg.val_fraction))
-    if min(val, total - val) < block_size + 1:
-        _too_small(cfg, root, total, block_size)
+    sizes = [p.stat().st_size + 1 for p in files]  # load_corpus ends each file with a newline
+    val = sum(n for n, held in zip(sizes, _held_out_files(root, files, cfg), strict=True) if held)
+    _tail_split(cfg, root, sum(sizes), val, block_size)
 
 
-def _too_small(cfg: DataConfig, root: Path, total: int, block_size: int) -> None:
+def _held_out_files(root: Path, files: list[Path], cfg: DataConfig) -> list[bool]:
+    """Which files are validation data (a corpus of one file has its tail held out instead)."""
+    return [len(files) > 1 and _held_out(p.relative_to(root).as_posix(), cfg.val_fraction)
+            for p in files]
+
+
+def _tail_split(cfg: DataConfig, root: Path, total: int, val: int, block_size: int) -> bool:
+    """Whether the corpus's tail must be held out instead of its held-out files (``val`` of its
+    ``total`` bytes), because either side lacks one window; raises when even that falls short."""
     need = block_size + 1
+    if min(val, total - val) >= need:
+        return False
+    tail = total - int(total * (1 - cfg.val_fraction))
+    if min(tail, total - tail) >= need:
+        return True
     raise ThriftyError(
         f"corpus {cfg.corpus or root} is too small: {total} bytes, and block_size {block_size} "
         f"needs {_smallest(need, cfg.val_fraction)} (one window of {need} bytes each for "
@@ -91,18 +99,13 @@ class Corpus:
 def load_corpus(cfg: DataConfig, block_size: int) -> Corpus:
     root, files = _corpus_files(cfg)
     train, val = bytearray(), bytearray()
-    for path in files:
-        data = path.read_bytes() + b"\n"
-        rel = path.relative_to(root).as_posix()
-        (val if len(files) > 1 and _held_out(rel, cfg.val_fraction) else train).extend(data)
-    need = block_size + 1
-    if len(val) < need or len(train) < need:
+    for path, held in zip(files, _held_out_files(root, files, cfg), strict=True):
+        (val if held else train).extend(path.read_bytes() + b"\n")
+    if _tail_split(cfg, root, len(train) + len(val), len(val), block_size):
         # One file, or too few held-out files: hold out the tail of the text instead.
         text = bytes(train + val)
         cut = int(len(text) * (1 - cfg.val_fraction))
         train, val = bytearray(text[:cut]), bytearray(text[cut:])
-    if len(val) < need or len(train) < need:
-        _too_small(cfg, root, len(train) + len(val), block_size)
     digest = hashlib.blake2b(bytes(train), digest_size=16)
     digest.update(bytes(val))
     return Corpus(
