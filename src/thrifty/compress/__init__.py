@@ -171,7 +171,7 @@ def read_tensor(path: str | Path, name: str, threads: int = 1):
         if seg is None:
             raise ThriftyError(f"{path}: no tensor named {name!r}")
         dtype = _TYPES[seg.dtype]
-        if math.prod(seg.shape) * torch.empty(0, dtype=dtype).element_size() != seg.length:
+        if math.prod(seg.shape) * dtype.itemsize != seg.length:
             raise ThriftyError(f"{path}: {name!r} is a view into a larger storage and has no shape "
                                "of its own; decompress the file and torch.load it")
         data = archive.read(seg.offset, seg.length)  # a writable buffer of its own: no copy
