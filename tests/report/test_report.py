@@ -29,12 +29,17 @@ def ledger(tmp_path_factory) -> dict:
     data = d / "weights.bin"
     data.write_bytes(bytes(range(256)) * 4096)
     thrifty("compress", str(data), env=env)
+    # a run stopped and resumed: the second part prunes the first part's checkpoints, a credit
+    parts = ["--strategy.name=single", "--train.tokens=3072", "--run.checkpoint_interval=2"]
+    train_tiny(d / "parts", *parts, "--run.stop_after=4", env=env)
+    thrifty("train", "--resume", str(d / "parts"), "--run.stop_after=0", "--run.keep_checkpoints=1",
+            env=env)
     return {"dir": d, "env": env}
 
 
 def test_terminal_report_by_driver_and_against_estimates(ledger):
     runs = json.loads(thrifty("runs", "--json", env=ledger["env"]).stdout)
-    assert [r["kind"] for r in runs] == ["train", "train", "compress"]
+    assert [r["kind"] for r in runs] == ["train", "train", "compress", "train", "train"]
     ddp, diloco = runs[0], runs[1]
     assert diloco["usage"]["bytes_communicated"] < ddp["usage"]["bytes_communicated"] / 2
     text = thrifty("report", str(ddp["id"]), str(diloco["id"]), env=ledger["env"]).stdout
@@ -49,6 +54,11 @@ def test_terminal_report_by_driver_and_against_estimates(ledger):
     assert f"saved by the strategy: {fmt_bytes(saved)} less communicated" in text
     listing = thrifty("runs", env=ledger["env"]).stdout
     assert "diloco" in listing and "compress" in listing
+    resumed = json.loads(thrifty("report", str(runs[4]["id"]), "--json", env=ledger["env"]).stdout)[0]
+    assert resumed["costs"]["storage"]["usd"] < 0  # it removed two checkpoints and left one
+    storage = next(line for line in thrifty("report", str(runs[4]["id"]), env=ledger["env"]).stdout
+                   .splitlines() if line.startswith("storage"))
+    assert "-$" in storage and "an earlier run left, removed" in storage
 
 
 def test_report_reprices_with_another_price_book(ledger, tmp_path):

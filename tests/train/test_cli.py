@@ -22,7 +22,9 @@ from tests.conftest import (
     thrifty,
     train_tiny,
 )
-from thrifty.cost import Ledger
+from thrifty.cost import Ledger, prices
+from thrifty.cost.charges import charges
+from thrifty.cost.meter import Usage
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +113,34 @@ def test_training_is_metered_into_the_ledger(trained):
 def test_refuses_to_reuse_a_run_directory(trained):
     proc = thrifty("train", *TINY, f"--run.dir={trained}", check=False)
     assert_one_line_error(proc, "already holds checkpoints", "--resume")
+
+def test_a_resumed_run_is_credited_for_the_checkpoints_it_prunes(tmp_path):
+    """Each invocation is charged a retention period of storage for the checkpoints it leaves.
+    When a resumed run prunes the ones the first part left, those bytes are a credit on its
+    storage charge: the run directory's invocations together are charged for what it holds."""
+    run = tmp_path / "run"
+    every = ["--strategy.name=single", "--train.tokens=3072", "--run.checkpoint_interval=2"]
+    train_tiny(run, *every, "--run.stop_after=4")  # leaves step 2 and step 4
+    first_kept = _stored_bytes(run)
+    out = thrifty("train", "--resume", str(run), "--run.stop_after=0").stdout  # to step 12
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000010", "step_00000012"]
+    first, second = [r for r in Ledger(os.environ["THRIFTY_LEDGER"]).runs("train")
+                     if r["run_dir"] == str(run.resolve())]
+    assert first["usage"]["bytes_written_stored"] == first_kept > 0
+    assert second["usage"]["bytes_removed_stored"] == first_kept
+    assert second["usage"]["bytes_written_stored"] == _stored_bytes(run)
+    assert "an earlier run left, removed" in out
+    book = prices.from_data(first["prices"])
+    storage = [charges(Usage.from_dict(r["usage"]), book)["storage"]["usd"] for r in (first, second)]
+    per_byte = book["storage"]["hot_usd_per_gb_month"] * book["storage"]["retention_months"] / 1e9
+    assert storage[1] < storage[0] * _stored_bytes(run) / first_kept  # less its credit
+    assert sum(storage) == pytest.approx(_stored_bytes(run) * per_byte)
+
+
+def _stored_bytes(run: Path) -> int:
+    metas = [json.loads((d / "meta.json").read_text()) for d in (run / "checkpoints").iterdir()]
+    return sum(f["bytes"] for m in metas for f in m["files"].values())
+
 
 
 def test_sample_generates_from_a_checkpoint(trained):

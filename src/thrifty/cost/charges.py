@@ -17,7 +17,8 @@ def charges(usage: Usage, book: PriceBook, region: str | None = None) -> dict:
     Compute is charged per accelerator-hour at its on-demand price (the host's CPUs come with
     it); a run without accelerators per CPU core-hour used. Energy is the measured or estimated
     IT energy times the PUE; CO2 is that energy times the grid's carbon intensity. Storage is the
-    bytes a run left behind (as stored) for the retention period; network is the bytes sent
+    bytes a run left behind (as stored) for the retention period, less what it removed of an
+    earlier run's (which that run was charged for; a credit); network is the bytes sent
     between machines (a one-machine run's collectives stay on loopback and are not billed).
     """
     out: dict[str, dict] = {}
@@ -52,11 +53,12 @@ def charges(usage: Usage, book: PriceBook, region: str | None = None) -> dict:
     if tier not in ("hot", "cold"):
         raise ThriftyError(f"price book: storage.tier must be 'hot' or 'cold', not {tier!r}")
     month_price = s[f"{tier}_usd_per_gb_month"]
-    stored_gb = usage.bytes_written_stored / GB
-    out["storage"] = {"usd": stored_gb * month_price * s["retention_months"], "kwh": 0.0, "kg_co2": 0.0,
-                      "basis": f"{fmt_bytes(usage.bytes_written_stored)} stored "
-                               f"({fmt_bytes(usage.bytes_written_raw)} raw) x "
-                               f"${month_price:g}/GB-month ({tier}) "
+    net = usage.bytes_written_stored - usage.bytes_removed_stored
+    held = f"{fmt_bytes(usage.bytes_written_stored)} stored ({fmt_bytes(usage.bytes_written_raw)} raw)"
+    if usage.bytes_removed_stored:
+        held = f"({held} - {fmt_bytes(usage.bytes_removed_stored)} an earlier run left, removed)"
+    out["storage"] = {"usd": net / GB * month_price * s["retention_months"], "kwh": 0.0, "kg_co2": 0.0,
+                      "basis": f"{held} x ${month_price:g}/GB-month ({tier}) "
                                f"x {plural(s['retention_months'], 'month')}"}
 
     net_price = book["network"]["collectives_usd_per_gb"]

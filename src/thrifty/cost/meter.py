@@ -41,6 +41,9 @@ class Usage:
     tokens_read: int = 0
     bytes_written_raw: int = 0
     bytes_written_stored: int = 0
+    # stored bytes this run removed that an earlier run left, and was charged for: a resumed
+    # training run pruning the checkpoints of the invocation before it. A credit on storage.
+    bytes_removed_stored: int = 0
     bytes_communicated: int = 0
     machines: int = 1
     peak_memory_bytes: int = 0

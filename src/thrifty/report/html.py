@@ -54,13 +54,18 @@ def _figures(runs: list[dict]) -> list[tuple[str, str, str]]:
     figs = []
     labels = [_label(r) for r in runs]
 
-    # 1. cost by driver: one stacked bar per run
+    # 1. cost by driver: one stacked bar per run; a credit (storage a resumed run removed)
+    # stacks leftwards from zero
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(runs)))
-    left = [0.0] * len(runs)
+    right, left = [0.0] * len(runs), [0.0] * len(runs)
     for driver in DRIVERS:
         values = [r["costs"][driver]["usd"] for r in runs]
-        ax.barh(labels, values, left=left, color=COLORS[driver], label=driver)
-        left = [a + b for a, b in zip(left, values, strict=True)]
+        starts = [lo if v < 0 else hi for v, lo, hi in zip(values, left, right, strict=True)]
+        ax.barh(labels, values, left=starts, color=COLORS[driver], label=driver)
+        right = [hi + max(v, 0.0) for v, hi in zip(values, right, strict=True)]
+        left = [lo + min(v, 0.0) for v, lo in zip(values, left, strict=True)]
+    if min(left) < 0:
+        ax.axvline(0, color="#333", linewidth=0.8)
     ax.set_xlabel("USD")
     ax.invert_yaxis()
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.5 / len(runs)), fontsize=8, ncols=5,

@@ -21,9 +21,11 @@ def fmt_usd(value: float | None) -> str:
         return "n/a"
     if value == 0:
         return "$0"
-    if abs(value) < 0.01:
+    if value < 0:  # a credit
+        return "-" + fmt_usd(-value)
+    if value < 0.01:
         return f"${value:.2g}"
-    if abs(value) < 1000:
+    if value < 1000:
         return f"${value:,.2f}"
     return f"${value:,.0f}"
 

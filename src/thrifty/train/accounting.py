@@ -4,6 +4,12 @@ The workers write per-step metrics (metrics.jsonl), checkpoints with their raw a
 (meta.json), and at the end the run summary (run.json). The process that meters the run (the one
 ``thrifty train`` runs in, or rank 0 under ``torchrun``) turns them into counters, so a run that
 died midway is still charged for the tokens, bytes and checkpoints it got through.
+
+Storage: an invocation is charged for the checkpoints that are there when it ends and were
+not when it began. A ``--resume`` may prune checkpoints that an earlier invocation left, and was charged for
+as if they would be kept; the resumed one records their stored bytes as removed, a credit
+against its own storage charge, so the run directory's invocations together are charged for what
+it holds.
 """
 
 from __future__ import annotations
@@ -17,12 +23,28 @@ from thrifty.train.metrics import read_metrics
 
 
 def progress(run_dir: Path) -> dict:
-    """Where the run stands now: the last logged step's tokens and cumulative bytes sent."""
+    """Where the run stands now: the last logged step's tokens and cumulative bytes sent, and the
+    complete checkpoints there are (name -> raw bytes, stored bytes)."""
     path = Path(run_dir) / "metrics.jsonl"
     records = [r for r in read_metrics(path) if r.get("event") == "train"] if path.exists() else []
     last = records[-1] if records else {}
     return {"step": last.get("step", 0), "tokens": last.get("tokens", 0),
-            "bytes_sent_cum": last.get("bytes_sent_cum", 0)}
+            "bytes_sent_cum": last.get("bytes_sent_cum", 0), "checkpoints": _checkpoints(run_dir)}
+
+
+def _checkpoints(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each complete checkpoint's raw and stored bytes, by name (a damaged one is left out:
+    it is not storage we can size)."""
+    sizes = {}
+    for directory in ckpt.complete_checkpoints(run_dir):
+        try:
+            meta = ckpt.read_meta(directory)
+        except Exception:  # noqa: BLE001
+            continue
+        files = meta["files"].values()
+        sizes[directory.name] = (sum(e.get("raw_bytes", e["bytes"]) for e in files),
+                                 sum(e["bytes"] for e in files))
+    return sizes
 
 
 def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1) -> dict | None:
@@ -34,18 +56,12 @@ def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1)
     after = progress(run_dir)
     tokens = max(0, after["tokens"] - before["tokens"])
     sent = max(0, after["bytes_sent_cum"] - before["bytes_sent_cum"]) * world_size
-    raw = stored = 0
-    for directory in ckpt.complete_checkpoints(run_dir):
-        try:
-            meta = ckpt.read_meta(directory)
-        except Exception:  # noqa: BLE001 - a damaged checkpoint is not storage we can size
-            continue
-        if meta["step"] > before["step"]:
-            for entry in meta["files"].values():
-                raw += entry.get("raw_bytes", entry["bytes"])
-                stored += entry["bytes"]
+    held, now = before["checkpoints"], after["checkpoints"]
+    new = [size for name, size in now.items() if name not in held]
+    removed = sum(stored for name, (_, stored) in held.items() if name not in now)
     run.add(tokens_read=tokens, bytes_read=tokens, bytes_communicated=sent,
-            bytes_written_raw=raw, bytes_written_stored=stored, machines=machines)
+            bytes_written_raw=sum(raw for raw, _ in new), bytes_written_stored=sum(s for _, s in new),
+            bytes_removed_stored=removed, machines=machines)
     run.points = [
         {k: r[k] for k in ("step", "tokens", "loss", "val_loss", "tokens_per_s", "wall_s", "cpu_s",
                            "bytes_sent_cum", "mfu") if k in r} | {"event": r.get("event")}
