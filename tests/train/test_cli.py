@@ -119,7 +119,8 @@ def test_a_resumed_run_is_credited_for_the_checkpoints_it_prunes(tmp_path):
     When a resumed run prunes the ones the first part left, those bytes are a credit on its
     storage charge: the run directory's invocations together are charged for what it holds."""
     run = tmp_path / "run"
-    every = ["--strategy.name=single", "--train.tokens=3072", "--run.checkpoint_interval=2"]
+    every = ["--strategy.name=single", "--train.tokens=3072", "--run.checkpoint_interval=2",
+             "--run.log_interval=3"]
     train_tiny(run, *every, "--run.stop_after=4")  # leaves step 2 and step 4
     first_kept = _stored_bytes(run)
     out = thrifty("train", "--resume", str(run), "--run.stop_after=0").stdout  # to step 12
@@ -130,6 +131,11 @@ def test_a_resumed_run_is_credited_for_the_checkpoints_it_prunes(tmp_path):
     assert second["usage"]["bytes_removed_stored"] == first_kept
     assert second["usage"]["bytes_written_stored"] == _stored_bytes(run)
     assert "an earlier run left, removed" in out
+    # the slice is logged at its last step (4, between logs at 3 and 6), so each part is charged
+    # for the tokens of its own steps, 256 a step
+    assert [first["usage"]["tokens_read"], second["usage"]["tokens_read"]] == [4 * 256, 8 * 256]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "train"] == [3, 4, 6, 9, 12]
     book = prices.from_data(first["prices"])
     storage = [charges(Usage.from_dict(r["usage"]), book)["storage"]["usd"] for r in (first, second)]
     per_byte = book["storage"]["hot_usd_per_gb_month"] * book["storage"]["retention_months"] / 1e9

@@ -205,7 +205,7 @@ class Trainer:
 
             self.bar = tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True)
         zero = torch.zeros((), device=self.w.device)
-        window_tokens, window_time, window_loss = 0, 0.0, zero
+        window_steps, window_tokens, window_time, window_loss = 0, 0, 0.0, zero
         sent_before = self.strategy.counter.bytes_sent
         while self.step < max_steps:
             t0 = wall_clock()
@@ -213,10 +213,14 @@ class Trainer:
             self.step += 1
             self.tokens += cfg.tokens_per_step
             window_loss = window_loss + loss
+            window_steps += 1
             if self.bar is not None:
                 self.bar.update(1)
-            window_steps = self.step % cfg.run.log_interval or cfg.run.log_interval
-            if self.step % cfg.run.log_interval == 0 or self.step == max_steps:
+            # a slice that run.stop_after ends is logged at its last step, so that the ledger
+            # charges it for all the steps it took, and its --resume for none of them again
+            stopping = bool(cfg.run.stop_after) and self.step - first_step >= cfg.run.stop_after
+            log_now = self.step % cfg.run.log_interval == 0 or self.step == max_steps or stopping
+            if log_now:
                 mean_loss = self._mean(window_loss.item() / window_steps)
                 if self.w.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -224,11 +228,11 @@ class Trainer:
             self.train_time += dt_step
             window_tokens += cfg.tokens_per_step
             window_time += dt_step
-            if self.step % cfg.run.log_interval == 0 or self.step == max_steps:
+            if log_now:
                 self.last_loss = mean_loss
                 sent = self.strategy.counter.bytes_sent
                 self._record_step(mean_loss, window_tokens, window_time, sent - sent_before)
-                window_tokens, window_time, window_loss = 0, 0.0, zero
+                window_steps, window_tokens, window_time, window_loss = 0, 0, 0.0, zero
                 sent_before = sent
             if self.step % cfg.run.eval_interval == 0 and self.step < max_steps:
                 self._record_eval()
@@ -238,9 +242,8 @@ class Trainer:
                 and self.step < max_steps
             ):
                 self.save_checkpoint()
-            if cfg.run.stop_after and self.step - first_step >= cfg.run.stop_after:
-                if self.step < max_steps:
-                    return self._stop_early()
+            if stopping and self.step < max_steps:
+                return self._stop_early()
         self.strategy.finish()
         if self.bar is not None:
             self.bar.close()
