@@ -157,6 +157,14 @@ def test_sample_generates_from_a_checkpoint(trained):
     assert greedy[0] == greedy[1]
 
 
+def test_resuming_a_finished_run_says_how_to_extend_it(trained):
+    config = (trained / "config.toml").read_bytes()
+    proc = thrifty("train", "--resume", str(trained), "--nproc", "2", check=False)
+    assert_one_line_error(proc, "has spent its budget (16 steps, train.tokens=4,096)",
+                          "--train.tokens=N")
+    assert (trained / "config.toml").read_bytes() == config  # nothing touched
+
+
 def test_corrupt_checkpoint_is_reported_and_never_loaded(trained, tmp_path):
     run = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(trained), str(run)], check=True)

@@ -12,7 +12,7 @@ from thrifty.cost import prices as prices_lib
 from thrifty.cost.charges import charges
 from thrifty.cost.meter import metered_run
 from thrifty.errors import ThriftyError
-from thrifty.report.terminal import cost_table
+from thrifty.report.terminal import cost_table, plural
 from thrifty.train import accounting, checkpoint
 from thrifty.train.config import TrainConfig
 from thrifty.train.data import check_corpus
@@ -82,7 +82,12 @@ def run(argv: list[str]) -> int:
             print(f"thrifty: warning: {problem}", file=sys.stderr)
         from thrifty.train.strategies import STRATEGIES
 
-        world = checkpoint.read_meta(latest)["world_size"]
+        meta = checkpoint.read_meta(latest)
+        if meta["step"] >= cfg.max_steps:  # nothing left to do but pay for an evaluation
+            raise ThriftyError(f"{run_dir} has spent its budget ({plural(meta['step'], 'step')}, "
+                               f"train.tokens={cfg.train.tokens:,}); extend it with a larger "
+                               "--train.tokens=N")
+        world = meta["world_size"]
         held = STRATEGIES[cfg.strategy.name].per_worker_state(cfg.strategy)
         if world != args.nproc and held:
             raise ThriftyError(f"checkpoint {latest} holds per-worker {held} (world size {world}); "
