@@ -139,6 +139,28 @@ def test_threads_do_not_change_the_output(threads, chunk_size):
     assert compress.decompress_bytes(blob, threads=threads) == data
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bytes_in_memory_match_the_file_written_from_them(tmp_path, threads):
+    """compress_bytes copies frames into a buffer sized in advance, on the coding threads (here
+    many small chunks of tensors of random bytes, which hardly shrink). It writes exactly the
+    bytes that compress_file streams to disk."""
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(1, 300, 400) * 4
+    tensors = {f"t{i:03}": rng.integers(0, 256, int(n), dtype=np.uint8).view([np.uint8, np.float32][i % 2])
+               for i, n in enumerate(sizes)}  # alternating dtypes
+    tensors["tail"] = rng.integers(0, 256, 50_000, dtype=np.uint8)
+    data = save(tensors)
+    blob = compress.compress_bytes(data, threads=threads, **SMALL)
+    assert isinstance(blob, memoryview)
+    assert len(container.Archive(io.BytesIO(blob), "x").index["chunks"]) > 50
+    (tmp_path / "in").write_bytes(data)
+    compress.compress_file(tmp_path / "in", tmp_path / "out.thz", threads=threads, **SMALL)
+    assert blob == (tmp_path / "out.thz").read_bytes()
+    assert compress.decompress_bytes(blob, threads=threads) == data
+
+
 @pytest.mark.parametrize("codec,level", [("zstd", 1), ("zstd", 19), ("lz4", 0), ("lz4", 9), ("zlib", 6)])
 def test_every_codec_round_trips(codec, level):
     data = b"".join(f"line {i} of some text\n".encode() for i in range(3000))
@@ -379,6 +401,7 @@ def test_every_bit_flip_is_detected(data, where, bit, dtype):
 
 
 def _swap_chunks(blob: bytes) -> bytes:
+    blob = bytes(blob)
     a, b = list(container.Reader(io.BytesIO(blob), "x").chunks())
     index_at = int.from_bytes(blob[-16:-8], "little")  # the trailer's offset of the index
     swapped = blob[:a.offset] + blob[b.offset:index_at] + blob[a.offset:b.offset] + blob[index_at:]

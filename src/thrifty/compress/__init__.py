@@ -4,7 +4,7 @@ Lossless for every input; floating-point and integer tensors are split into byte
 (see :mod:`thrifty.compress.planes`) so that a general-purpose codec does far better on them.
 
     from thrifty import compress
-    blob = compress.compress_bytes(data)                 # bytes -> bytes
+    blob = compress.compress_bytes(data)                 # a memoryview of a new buffer
     compress.compress_file("model.safetensors", "model.safetensors.thz")
     compress.save_tensors({"w": w}, "weights.thz")       # a dict of tensors, straight to disk
     w = compress.read_tensor("weights.thz", "w")         # one tensor, nothing else decoded
@@ -46,13 +46,15 @@ def _layout(f, size: int, dtype: str | None) -> dict:
 
 
 def compress_bytes(data: bytes | bytearray | memoryview, *, dtype: str | None = None,
-                   **options) -> bytes:
-    """Compress ``data`` (never modified) into a thrifty container. ``dtype`` (``bf16``,
-    ``f32``, ``u16``, ...) declares raw values of one type; without it the layout is detected.
+                   **options) -> memoryview:
+    """Compress ``data`` (never modified) into a thrifty container, returned as a read-write
+    memoryview of a new buffer that the frames were copied straight into, by the coding threads
+    (``bytes(result)`` makes a copy when bytes are wanted). ``dtype`` (``bf16``, ``f32``,
+    ``u16``, ...) declares raw values of one type; without it the layout is detected.
     Options: ``codec``, ``level``, ``threads``, ``chunk_size``."""
-    out = _Collect()
+    out = _Place()
     _compress_view(memoryview(data).cast("B"), out, Options(**options), dtype)
-    return b"".join(out.parts)
+    return out.view()
 
 
 def _compress_view(view: memoryview, out, opts: Options, dtype: str | None) -> Stats:
@@ -199,16 +201,33 @@ class _Discard(io.RawIOBase):
         return len(b)
 
 
-class _Collect:
-    """A sink that keeps what it is given, uncopied, to be joined once at the end: every part
-    is a new object of the writer's or a read-only view of the caller's unchanged input."""
+class _Place:
+    """compress_bytes' sink: one new buffer, big enough for the container, that the writer's
+    pool copies frames into side by side (``place``), so that taking its fresh pages from the
+    kernel is shared out too. Returns a view of the part that was filled."""
 
-    def __init__(self):
-        self.parts: list = []
+    def begin(self, most: int) -> None:
+        self.buffer = container.new_buffer(most, threads=2)  # pages come as they are written
+        self.end = 0
 
     def write(self, b) -> int:
-        self.parts.append(b)
-        return memoryview(b).nbytes
+        n = memoryview(b).nbytes
+        self.buffer[self.end:self.end + n] = b
+        self.end += n
+        return n
+
+    def place(self, at: int, frames: list[list]) -> None:
+        for frame in frames:
+            for part in frame:
+                n = memoryview(part).nbytes
+                self.buffer[at:at + n] = part
+                at += n
+
+    def skip_to(self, end: int) -> None:
+        self.end = end
+
+    def view(self) -> memoryview:
+        return self.buffer[:self.end]
 
 
 class _Fill:

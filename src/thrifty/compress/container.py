@@ -47,6 +47,10 @@ _CHUNK = struct.Struct("<BBBBIQQ")  # transform, width, planes, reserved, raw le
 _PLANE = struct.Struct("<BI")  # coding, stored length
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _TRAILER = struct.Struct("<Q8s")
+# The most a frame adds to its chunk (marker, chunk header, a plane entry per byte of the widest
+# type, CRC), and the most one chunk's row adds to the index JSON ("[offset,offset,length],").
+_FRAME_MAX = 1 + _CHUNK.size + 8 * _PLANE.size + 4
+_ROW_MAX = 3 * 20 + 4
 # A float mantissa plane is entropy-coded only when its order-0 entropy promises this saving.
 MIN_PLANE_SAVING = 0.01
 
@@ -254,8 +258,17 @@ def write(
         "tensors": [t.to_json() for t in tensors or []],
     }
     hjson = _pack_json(header)
+    # A sink with memory of its own (compress_bytes) has the frames copied into it on the pool's
+    # threads, side by side, rather than one after another on this one; it is told at most how
+    # many bytes the container can take: every frame is at most its raw bytes and a frame
+    # header, and the index at most a JSON row per chunk.
+    placing = hasattr(dst, "place") and size is not None
+    if placing:
+        most = 2 * (len(segments or ()) + 1 + size // opts.chunk_size)  # chunks, with room to spare
+        dst.begin(_HEAD.size + len(hjson) + 8 + size + most * (_FRAME_MAX + _ROW_MAX) + 4096)
     dst.write(_HEAD.pack(MAGIC, VERSION, len(hjson)) + hjson + _U64.pack(xxhash.xxh3_64_intdigest(hjson)))
     written = _HEAD.size + len(hjson) + 8
+    copies: list[Future] = []
 
     whole = xxhash.xxh3_64()
     stats = Stats()
@@ -268,12 +281,17 @@ def write(
         nonlocal written
         while len(pending) > limit:
             fut, metas = pending.popleft()
-            for frame, (raw_offset, raw_len, seg) in zip(fut.result(), metas, strict=True):
+            frames = fut.result()
+            start = written
+            for frame, (raw_offset, raw_len, seg) in zip(frames, metas, strict=True):
                 table.append([written, raw_offset, raw_len])
                 _account(stats, seg, frame[0])
-                for part in frame:
-                    dst.write(part)
+                if not placing:
+                    for part in frame:
+                        dst.write(part)
                 written += _size(frame)
+            if placing:
+                copies.append(pool.submit(dst.place, start, frames))
 
     # Chunks go to the pool in batches of about chunk_size bytes: a checkpoint of many small
     # tensors is many small chunks, and one task each would cost more in hand-offs than coding.
@@ -344,8 +362,12 @@ def write(
                 flush()
         flush()
         drain(0)
+        for copy in copies:
+            copy.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if placing:
+        dst.skip_to(written)
     if segments is not None and src.read(1):
         raise ThriftyError("input grew while being read")
     stats.original = raw_pos
