@@ -140,10 +140,13 @@ def test_threads_do_not_change_the_output(threads, chunk_size):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_bytes_in_memory_match_the_file_written_from_them(tmp_path, threads):
-    """compress_bytes copies frames into a buffer sized in advance, on the coding threads (here
-    many small chunks of tensors of random bytes, which hardly shrink). It writes exactly the
-    bytes that compress_file streams to disk."""
+@pytest.mark.parametrize("place", [True, False], ids=["copied-as-coded", "joined"])
+def test_bytes_in_memory_match_the_file_written_from_them(tmp_path, monkeypatch, threads, place):
+    """compress_bytes copies frames into a buffer sized in advance, on the coding threads (from
+    32 MiB; here forced, on many small chunks of tensors of random bytes, which hardly shrink),
+    or joins them at the end. Either way it gives exactly the bytes that compress_file streams
+    to disk."""
+    monkeypatch.setattr(compress, "_PLACE_FROM", 0 if place else 1 << 40)
     from safetensors.numpy import save
 
     rng = np.random.default_rng(1)

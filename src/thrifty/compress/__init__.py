@@ -47,14 +47,26 @@ def _layout(f, size: int, dtype: str | None) -> dict:
 
 def compress_bytes(data: bytes | bytearray | memoryview, *, dtype: str | None = None,
                    **options) -> memoryview:
-    """Compress ``data`` (never modified) into a thrifty container, returned as a read-write
-    memoryview of a new buffer that the frames were copied straight into, by the coding threads
-    (``bytes(result)`` makes a copy when bytes are wanted). ``dtype`` (``bf16``, ``f32``,
-    ``u16``, ...) declares raw values of one type; without it the layout is detected.
+    """Compress ``data`` (never modified) into a thrifty container, returned as a memoryview
+    of a new buffer (``bytes(result)`` makes a copy when bytes are wanted). From 32 MiB of input
+    the coding threads copy the frames straight into that buffer as they finish them.
+    ``dtype`` (``bf16``, ``f32``, ``u16``, ...) declares raw values of one type; without it the
+    layout is detected.
     Options: ``codec``, ``level``, ``threads``, ``chunk_size``."""
-    out = _Place()
-    _compress_view(memoryview(data).cast("B"), out, Options(**options), dtype)
+    view = memoryview(data).cast("B")
+    out = _Place() if len(view) >= _PLACE_FROM else _Collect()
+    _compress_view(view, out, Options(**options), dtype)
     return out.view()
+
+
+# From this size compress_bytes copies frames into one buffer as they are coded; below it, it
+# joins them at the end. glibc serves allocations up to 32 MiB from its heap once memory of that
+# size has been freed, so a process that compresses one smaller buffer after another (a trainer
+# saving checkpoints) gets the joined output in pages it already has, where a new buffer the
+# size of the input would be fresh pages each time. Above it every buffer is fresh either way,
+# and copying as the frames come costs less: they are still in cache, and they are freed at
+# once rather than all held until the join.
+_PLACE_FROM = 32 << 20
 
 
 def _compress_view(view: memoryview, out, opts: Options, dtype: str | None) -> Stats:
@@ -199,6 +211,20 @@ class _Discard(io.RawIOBase):
 
     def write(self, b) -> int:
         return len(b)
+
+
+class _Collect:
+    """compress_bytes' sink below _PLACE_FROM: the frames, kept uncopied and joined at the end."""
+
+    def __init__(self):
+        self.parts: list = []
+
+    def write(self, b) -> int:
+        self.parts.append(b)
+        return memoryview(b).nbytes
+
+    def view(self) -> memoryview:
+        return memoryview(b"".join(self.parts))
 
 
 class _Place:
