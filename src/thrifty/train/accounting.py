@@ -5,11 +5,11 @@ The workers write per-step metrics (metrics.jsonl), checkpoints with their raw a
 ``thrifty train`` runs in, or rank 0 under ``torchrun``) turns them into counters, so a run that
 died midway is still charged for the tokens, bytes and checkpoints it got through.
 
-Storage: an invocation is charged for the checkpoints that are there when it ends and were
-not when it began. A ``--resume`` may prune checkpoints that an earlier invocation left, and was charged for
-as if they would be kept; the resumed one records their stored bytes as removed, a credit
-against its own storage charge, so the run directory's invocations together are charged for what
-it holds.
+Storage: an invocation is charged for the checkpoints that are there when it ends and were not
+when it began. A ``--resume`` may prune checkpoints that an earlier invocation left (and was
+charged for as if they would be kept); the resumed one records their stored bytes as removed, a
+credit against its own storage charge, so the invocations of a run directory are together
+charged for what it holds.
 """
 
 from __future__ import annotations

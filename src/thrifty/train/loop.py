@@ -205,7 +205,7 @@ class Trainer:
 
             self.bar = tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True)
         zero = torch.zeros((), device=self.w.device)
-        window_steps, window_tokens, window_time, window_loss = 0, 0, 0.0, zero
+        window_steps, window_time, window_loss = 0, 0.0, zero
         sent_before = self.strategy.counter.bytes_sent
         while self.step < max_steps:
             t0 = wall_clock()
@@ -226,13 +226,13 @@ class Trainer:
                     torch.cuda.synchronize()
             dt_step = wall_clock() - t0
             self.train_time += dt_step
-            window_tokens += cfg.tokens_per_step
             window_time += dt_step
             if log_now:
                 self.last_loss = mean_loss
                 sent = self.strategy.counter.bytes_sent
-                self._record_step(mean_loss, window_tokens, window_time, sent - sent_before)
-                window_steps, window_tokens, window_time, window_loss = 0, 0, 0.0, zero
+                self._record_step(mean_loss, window_steps * cfg.tokens_per_step, window_time,
+                                  sent - sent_before)
+                window_steps, window_time, window_loss = 0, 0.0, zero
                 sent_before = sent
             if self.step % cfg.run.eval_interval == 0 and self.step < max_steps:
                 self._record_eval()
