@@ -77,6 +77,37 @@ def test_r_skips_symbolic_links_and_special_files_unless_forced(tmp_path):
     assert (src / "link.txt.thz").exists() and (src / "link.txt").is_symlink()
 
 
+def test_weights_through_a_pipe_or_to_stdout_keep_their_transform(weights, tmp_path):
+    """A safetensors or npy file says its layout in its first bytes, so a pipe gets the same
+    dtype-aware coding as the file, byte for byte; so does -c on a file. A stream shorter or
+    longer than its header says is refused in one line, and -o leaves nothing behind."""
+    import io as _io
+
+    thrifty("compress", "-k", str(weights))
+    as_file = (tmp_path / "model.safetensors.thz").read_bytes()
+    data = weights.read_bytes()
+    piped = subprocess.run([sys.executable, "-m", "thrifty", "compress"], input=data,
+                           capture_output=True, check=True).stdout
+    assert piped == as_file == subprocess.run([sys.executable, "-m", "thrifty", "compress", "-c",
+                                               str(weights)], capture_output=True, check=True).stdout
+    from thrifty.compress import container
+
+    header = container.Archive(_io.BytesIO(piped), "piped").header
+    assert header["kind"] == "safetensors" and len(header["tensors"]) == 3
+    buf = _io.BytesIO()
+    np.save(buf, np.random.default_rng(0).standard_normal(50_000).astype(np.float32))
+    (tmp_path / "x.npy").write_bytes(buf.getvalue())
+    thrifty("compress", "-k", str(tmp_path / "x.npy"))
+    assert subprocess.run([sys.executable, "-m", "thrifty", "compress"], input=buf.getvalue(),
+                          capture_output=True, check=True).stdout == (tmp_path / "x.npy.thz").read_bytes()
+    for wrong in (data[:-100], data + b"extra"):
+        proc = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-o", str(tmp_path / "w.thz")],
+                              input=wrong, capture_output=True, text=False)
+        proc.stderr = proc.stderr.decode()
+        assert_one_line_error(proc, f"stdin: does not match its safetensors header ({len(data):,} bytes)")
+        assert not (tmp_path / "w.thz").exists()
+
+
 def test_pipes(tmp_path):
     data = (SMALL_CORPUS / "encoder.py").read_bytes() * 20
     packed = subprocess.run([sys.executable, "-m", "thrifty", "compress", "-", "-c"],

@@ -31,8 +31,38 @@ SUFFIX = ".thz"
 
 __all__ = [
     "SUFFIX", "Archive", "Options", "Stats", "compress_bytes", "compress_file", "decompress_bytes",
-    "decompress_file", "load_tensors", "open_archive", "read_tensor", "save_tensors",
+    "decompress_file", "load_tensors", "open_archive", "read_tensor", "save_tensors", "stream_layout",
 ]
+
+
+def stream_layout(f) -> tuple[io.RawIOBase, int | None, dict]:
+    """For a stream that cannot be measured or read twice (stdin, a pipe): a reader that gives
+    its first bytes again and then the rest, and, when those bytes are a safetensors or npy
+    header, the size and layout that header gives (else None and no layout: plain bytes)."""
+    head = bytes(container.read_exact(f, 1 << 16))
+    if len(head) >= 8 and not head.startswith(b"\x93NUMPY"):
+        n = int.from_bytes(head[:8], "little")  # a safetensors header's length, if it is one
+        if len(head) < 8 + n <= 1 << 24:
+            head += bytes(container.read_exact(f, 8 + n - len(head)))
+    reader = _Prefixed(head, f)
+    size = layouts.head_size(head)
+    if size is None:
+        return reader, None, {}
+    return reader, size, _layout(io.BytesIO(head), size, None)
+
+
+class _Prefixed(io.RawIOBase):
+    """``head``, then whatever ``rest`` has."""
+
+    def __init__(self, head: bytes, rest):
+        self.head, self.rest = memoryview(head), rest
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.rest.read(n)
+        part = self.head if n < 0 else self.head[:n]
+        self.head = self.head[len(part):]
+        return bytes(part)
 
 
 def _layout(f, size: int, dtype: str | None) -> dict:

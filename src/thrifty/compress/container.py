@@ -229,7 +229,7 @@ def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
 # ---------------------------------------------------------------- writing
 
 
-def _read_exact(f: BinaryIO, n: int) -> bytes | memoryview:
+def read_exact(f: BinaryIO, n: int) -> bytes | memoryview:
     """``n`` bytes, fewer only at the end of ``f``; a zero-copy view where ``f`` offers one."""
     read_view = getattr(f, "read_view", None)
     if read_view is not None:
@@ -313,7 +313,7 @@ def write(
     def pieces() -> Iterator[tuple[int, bytes, int, int]]:
         if segments is None:
             while True:
-                data = _read_exact(src, opts.chunk_size)
+                data = read_exact(src, opts.chunk_size)
                 if not data:
                     return
                 yield 0, data, planes.NONE, 1
@@ -321,7 +321,7 @@ def write(
             transform, width = seg.transform
             left = seg.length
             while left > 0:
-                data = _read_exact(src, min(left, opts.chunk_size))
+                data = read_exact(src, min(left, opts.chunk_size))
                 if len(data) < min(left, opts.chunk_size):
                     raise ThriftyError(f"input ended {left - len(data)} bytes early (did it change "
                                        "while being read?)")
@@ -426,7 +426,7 @@ class Reader:
     def __init__(self, f: BinaryIO, name: str):
         self.f, self.name, self.pos = f, name, 0
         self.index: dict | None = None
-        start = bytes(_read_exact(f, len(MAGIC)))
+        start = bytes(read_exact(f, len(MAGIC)))
         if start != MAGIC[: len(start)] or not start:
             raise ThriftyError(f"{name}: not a thrifty compressed file (wrong magic number)")
         self.pos = len(start)
@@ -455,7 +455,7 @@ class Reader:
         return reader
 
     def _take(self, n: int, what: str) -> bytes:
-        data = _read_exact(self.f, n)
+        data = read_exact(self.f, n)
         if n < 4096:
             data = bytes(data)  # small structural fields: bytes are easier to work with
         if len(data) != n:
@@ -516,7 +516,7 @@ class Reader:
         offset, magic = _TRAILER.unpack(self._take(_TRAILER.size, "trailer"))
         if magic != END_MAGIC or offset != start:
             raise ThriftyError(f"{self.name}: corrupt trailer")
-        if _read_exact(self.f, 1):
+        if read_exact(self.f, 1):
             raise ThriftyError(f"{self.name}: unexpected data after the end of the container")
         if len(index["chunks"]) != len(seen) or index["original_size"] != raw_total:
             raise ThriftyError(f"{self.name}: the index does not match the chunks")

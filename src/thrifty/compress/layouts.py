@@ -294,6 +294,21 @@ def detect(f, size: int) -> tuple[str, list[Segment]]:
     return result or ("bytes", _fill([], size))
 
 
+def head_size(head: bytes) -> int | None:
+    """The whole file's size, for a format whose header at the front says it (safetensors: the
+    data ends where its last tensor does; npy: header plus array), from ``head`` alone; None
+    when ``head`` is not such a header or does not hold all of it."""
+    if head.startswith(b"\x93NUMPY"):
+        found = npy_layout(head, 1 << 62)
+        arrays = [seg for seg in found[1] if seg.name] if found else []
+        return arrays[0].offset + arrays[0].length if arrays else None
+    found = safetensors_header(head)
+    if found is None:
+        return None
+    base, entries = found
+    return base + max((end for _, _, _, end in entries.values()), default=0)
+
+
 _ALIASES = {
     "float64": "F64", "fp64": "F64", "double": "F64", "float32": "F32", "fp32": "F32",
     "float": "F32", "float16": "F16", "fp16": "F16", "half": "F16", "bfloat16": "BF16",
