@@ -80,3 +80,17 @@ def write_atomic(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` holds either the old content or all of it."""
     with atomic_writer(path) as f:
         f.write(data)
+
+
+def read_exact(f: BinaryIO, n: int) -> bytes | memoryview:
+    """``n`` bytes, fewer only at the end of ``f``; a zero-copy view where ``f`` offers one."""
+    read_view = getattr(f, "read_view", None)
+    if read_view is not None:
+        return read_view(n)
+    buf = f.read(n)
+    while buf is not None and len(buf) < n:
+        more = f.read(n - len(buf))
+        if not more:
+            break
+        buf += more
+    return buf or b""

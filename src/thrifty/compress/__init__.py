@@ -39,11 +39,7 @@ def stream_layout(f) -> tuple[io.RawIOBase, int | None, dict]:
     """For a stream that cannot be measured or read twice (stdin, a pipe): a reader that gives
     its first bytes again and then the rest, and, when those bytes are a safetensors or npy
     header, the size and layout that header gives (else None and no layout: plain bytes)."""
-    head = bytes(container.read_exact(f, 1 << 16))
-    if len(head) >= 8 and not head.startswith(b"\x93NUMPY"):
-        n = int.from_bytes(head[:8], "little")  # a safetensors header's length, if it is one
-        if len(head) < 8 + n <= 1 << 24:
-            head += bytes(container.read_exact(f, 8 + n - len(head)))
+    head = layouts.read_head(f)
     reader = _Prefixed(head, f)
     size = layouts.head_size(head)
     if size is None:

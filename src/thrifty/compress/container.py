@@ -36,6 +36,7 @@ import zstandard
 from thrifty.compress import codecs, planes
 from thrifty.compress.layouts import Segment
 from thrifty.errors import STOPPING_SIGNALS, ThriftyError
+from thrifty.files import read_exact
 
 MAGIC = b"\x89THZ\r\n\x1a\n"  # PNG's trick: a text-mode transfer or a 7-bit channel breaks it
 END_MAGIC = b"THZ-END\x00"
@@ -227,20 +228,6 @@ def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def read_exact(f: BinaryIO, n: int) -> bytes | memoryview:
-    """``n`` bytes, fewer only at the end of ``f``; a zero-copy view where ``f`` offers one."""
-    read_view = getattr(f, "read_view", None)
-    if read_view is not None:
-        return read_view(n)
-    buf = f.read(n)
-    while buf is not None and len(buf) < n:
-        more = f.read(n - len(buf))
-        if not more:
-            break
-        buf += more
-    return buf or b""
 
 
 def write(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from thrifty.compress.planes import BYTES, FLOAT, NONE
 from thrifty.errors import ThriftyError
+from thrifty.files import read_exact
 
 # dtype name -> (transform, width). Names follow safetensors; NumPy and torch names map onto them.
 DTYPES = {
@@ -272,13 +273,22 @@ def torch_zip_layout(f, size: int) -> tuple[str, list[Segment]] | None:
     return "torch", _fill(segments, size)
 
 
-def detect(f, size: int) -> tuple[str, list[Segment]]:
-    """Layout of the seekable binary file ``f`` of ``size`` bytes; ``f`` is left at offset 0."""
-    head = bytes(f.read(min(size, 1 << 16)))  # any npy header; most safetensors headers
+def read_head(f, size: int | None = None) -> bytes:
+    """The first bytes of ``f`` (of ``size`` bytes, when known) that a layout is read from: 64
+    KiB, which hold any npy header and most safetensors headers, or a whole safetensors header
+    of up to 16 MiB."""
+    limit = 1 << 24 if size is None else min(size, 1 << 24)
+    head = bytes(read_exact(f, min(limit, 1 << 16)))
     if len(head) >= 8 and not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
         (n,) = struct.unpack("<Q", head[:8])  # a safetensors header's length, if it is one
-        if len(head) < 8 + n <= min(size, 1 << 24):
-            head += bytes(f.read(8 + n - len(head)))
+        if len(head) < 8 + n <= limit:
+            head += bytes(read_exact(f, 8 + n - len(head)))
+    return head
+
+
+def detect(f, size: int) -> tuple[str, list[Segment]]:
+    """Layout of the seekable binary file ``f`` of ``size`` bytes; ``f`` is left at offset 0."""
+    head = read_head(f, size)
     f.seek(0)
     result = None
     try:
