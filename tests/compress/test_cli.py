@@ -94,6 +94,19 @@ def test_weights_through_a_pipe_or_to_stdout_keep_their_transform(weights, tmp_p
 
     header = container.Archive(_io.BytesIO(piped), "piped").header
     assert header["kind"] == "safetensors" and len(header["tensors"]) == 3
+    # stdin redirected from a file is that file: measured, and any layout read, a torch
+    # checkpoint's too (its directory is at its end, out of a pipe's reach)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"w": torch.randn(64, 64)}, ckpt)
+    thrifty("compress", "-k", str(ckpt))
+    with open(ckpt, "rb") as redirected:
+        from_stdin = subprocess.run([sys.executable, "-m", "thrifty", "compress"], stdin=redirected,
+                                    capture_output=True, check=True).stdout
+    assert from_stdin == (tmp_path / "ckpt.pt.thz").read_bytes()
+    assert container.Archive(_io.BytesIO(from_stdin), "x").header["kind"] == "torch"
+    piped_pt = subprocess.run([sys.executable, "-m", "thrifty", "compress"], input=ckpt.read_bytes(),
+                              capture_output=True, check=True).stdout
+    assert container.Archive(_io.BytesIO(piped_pt), "x").header["kind"] == "bytes"
     buf = _io.BytesIO()
     np.save(buf, np.random.default_rng(0).standard_normal(50_000).astype(np.float32))
     (tmp_path / "x.npy").write_bytes(buf.getvalue())

@@ -198,26 +198,17 @@ def run_compress(argv: list[str]) -> int:
         # is coded as a stream, like stdin, into -o or -c or else NAME.thz beside it.
         piped = src is not None and src.exists() and not src.is_dir() and not src.is_file()
         if src is None or to_stdout or piped:
-            stream = src is None or piped
-            if args.dtype and stream:
-                raise ThriftyError("--dtype needs a file input, not a stream")
             options = container.Options(**opts)
             done: list[container.Stats] = []
 
             def code(f, out, name):
-                # A file read from the start can be measured, and its layout read, as for any
-                # file; a stream's layout comes from its first bytes, where the format puts it
-                # there (safetensors, npy). Anything else is coded as plain bytes.
-                if stream:
-                    f, size, layout = thz.stream_layout(f)
-                else:
-                    size = os.fstat(f.fileno()).st_size
-                    layout = thz._layout(f, size, args.dtype)
+                reader, size, layout = thz.source_layout(f, args.dtype)
                 try:
-                    stats = container.write(f, out, options, size=size, **layout)
+                    stats = container.write(reader, out, options, size=size, **layout)
                 except ThriftyError as e:
-                    if not (stream and size is not None):
+                    if reader is f or size is None:
                         raise
+                    # the size came from the stream's own header
                     raise ThriftyError(f"{name}: does not match its {layout['kind']} header "
                                        f"({size:,} bytes): {e}") from None
                 metered.add(bytes_read=stats.original, bytes_written_raw=stats.original,

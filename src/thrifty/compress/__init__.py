@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,14 +32,25 @@ SUFFIX = ".thz"
 
 __all__ = [
     "SUFFIX", "Archive", "Options", "Stats", "compress_bytes", "compress_file", "decompress_bytes",
-    "decompress_file", "load_tensors", "open_archive", "read_tensor", "save_tensors", "stream_layout",
+    "decompress_file", "load_tensors", "open_archive", "read_tensor", "save_tensors", "source_layout",
 ]
 
 
-def stream_layout(f) -> tuple[io.RawIOBase, int | None, dict]:
-    """For a stream that cannot be measured or read twice (stdin, a pipe): a reader that gives
-    its first bytes again and then the rest, and, when those bytes are a safetensors or npy
-    header, the size and layout that header gives (else None and no layout: plain bytes)."""
+def source_layout(f, dtype: str | None = None) -> tuple[io.RawIOBase, int | None, dict]:
+    """What :func:`container.write` needs to code ``f``: a reader, the size if known, and the
+    layout. A regular file read from its start (stdin redirected from one included) is measured
+    and its layout read as for any file. Any other stream cannot be measured or read twice: its
+    layout comes from its first bytes where the format puts it there (safetensors, npy), and
+    the reader gives those bytes again, then the rest; anything else is plain bytes."""
+    try:
+        st = os.fstat(f.fileno())
+        regular = stat.S_ISREG(st.st_mode) and f.seekable() and f.tell() == 0
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        regular = False
+    if regular:
+        return f, st.st_size, _layout(f, st.st_size, dtype)
+    if dtype is not None:
+        raise ThriftyError("--dtype needs a file, not a stream")
     head = layouts.read_head(f)
     reader = _Prefixed(head, f)
     size = layouts.head_size(head)
