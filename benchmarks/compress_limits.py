@@ -17,9 +17,9 @@ Seven tables, no targets (exit status 0 unless something fails to round-trip):
    1- and 2-thread runs. Where zstd alone gains little from a second thread, no Python-level
    change will make a codec that calls it scale better.
 5. What ``decompress_bytes`` decodes into: NumPy's buffer (which asks for huge pages), an
-   anonymous mapping populated in one call, and ``container.new_buffer`` (that mapping for one
-   thread; for two, one the decoders fault in as they write), each measured inside the
-   side-by-side run of every codec that ``compress.py`` makes.
+   anonymous mapping populated in one call, one faulted in as the decoders write it, and
+   ``container.new_buffer`` (a mapping each decoder populates chunk by chunk), each measured
+   inside the side-by-side run of every codec that ``compress.py`` makes.
 6. Why the benchmarks fix glibc's malloc thresholds: five back-to-back decodes of MiniLM bf16
    by ZipNN and by thrifty, each in a child process with glibc's default malloc and in one
    with ``thrifty.compress.bench.fresh_malloc``: time and page faults of every round.
@@ -114,7 +114,7 @@ def decode_row(name: str, data: bytes, dtype: str) -> str:
     merge_ms = best_ms(stage_merge, lambda: target.fill(0))
     numpy_ms = best_ms(stage_merge_numpy, lambda: target.fill(0))
     whole_ms = best_ms(lambda _: xxhash.xxh3_64(data).intdigest())
-    buffer_ms = best_ms(lambda _: container.new_buffer(len(data), 1))
+    buffer_ms = best_ms(lambda _: container.populate(container.new_buffer(len(data))))
     return (f"| {name} ({len(data) / 1e6:.1f} MB) | {zipnn_ms:.1f} ms | {ours_ms:.1f} ms | "
             f"{digests_ms:.1f} ms | {zstd_ms:.1f} ms | {merge_ms:.1f} ms | {numpy_ms:.1f} ms | "
             f"{whole_ms:.1f} ms | {buffer_ms:.1f} ms |")
@@ -266,32 +266,37 @@ BUFFER_HEAD = ["| threads | decoded into | thrifty decompress MB/s | ZipNN's, sa
 def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     """decompress_bytes inside the side-by-side measurement (every codec in turn, as
     compress.py runs them), decoding into NumPy's buffer, into a mapping populated up front,
-    and into what container.new_buffer gives for that many threads (on two, a mapping that
-    the decoders fault in as they write)."""
+    into one whose pages are faulted in as the decoders write them, and into what
+    container.new_buffer gives (a mapping that each decoder populates chunk by chunk, in one
+    madvise call per chunk)."""
+    import mmap
+
     import thrifty.compress as tc
 
-    def numpy_buffer(self, size, threads=1):
+    def numpy_buffer(self, size):
         self.buffer = memoryview(np.empty(size, np.uint8))
         return self.buffer
 
-    def populated(self, size, threads=1):
-        self.buffer = container.new_buffer(size, 1)
-        return self.buffer
+    def mapping(flags):
+        def reserve(self, size):
+            self.buffer = memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flags))
+            return self.buffer
+        return reserve
 
-    ways = {"np.empty (huge pages)": numpy_buffer, "a mapping, populated up front": populated,
-            "container.new_buffer": tc._Fill.reserve}
-    rows, kept = [], tc._Fill.reserve
+    ways = {"np.empty (huge pages), faulted in as written": (numpy_buffer, False),
+            "a mapping, populated up front (MAP_POPULATE)": (mapping(mmap.MAP_POPULATE), False),
+            "a mapping, faulted in as written": (mapping(0), False),
+            "container.new_buffer, populated chunk by chunk": (tc._Fill.reserve, True)}
+    rows, kept, madvise = [], tc._Fill.reserve, container._MADVISE
     try:
         for threads in (1, 2):
-            for label, reserve in ways.items():
-                if threads == 1 and reserve is populated:
-                    continue  # what new_buffer does for one thread
-                tc._Fill.reserve = reserve
+            for label, (reserve, populating) in ways.items():
+                tc._Fill.reserve, container._MADVISE = reserve, madvise if populating else None
                 by = {r.name: r for r in bench.run_all(data, threads, rounds, zstd19=False)}
                 ours, zipnn = by["thrifty"].decompress_mb_s, by["ZipNN"].decompress_mb_s
                 rows.append(f"| {threads} | {label} | {ours:,.0f} | {zipnn:,.0f} | {ours / zipnn:.2f}x |")
     finally:
-        tc._Fill.reserve = kept
+        tc._Fill.reserve, container._MADVISE = kept, madvise
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -297,16 +298,15 @@ def test_read_one_tensor_without_decoding_the_rest(tmp_path):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", [0, 1000, 4 << 20, (4 << 20) + 3])
 def test_decoded_buffers_are_writable_and_outlive_everything_but_their_views(size, threads, tmp_path):
-    """Big outputs come from an anonymous mapping (populated up front for one thread), small
-    ones from NumPy; either way the result is writable, exactly as long as the original, and
-    lives as long as a view of it does (decompress_bytes' memoryview, or load_tensors' tensors)."""
+    """Big outputs come from an anonymous mapping, small ones from NumPy; either way the result
+    is writable, exactly as long as the original, and lives as long as a view of it does
+    (decompress_bytes' memoryview, or load_tensors' tensors)."""
     import gc
     import mmap
 
-    buf = container.new_buffer(size, threads)
+    buf = container.new_buffer(size)
     assert len(buf) == size and not buf.readonly
-    assert isinstance(buf.obj, mmap.mmap) == (size >= 4 << 20
-                                              and (threads > 1 or hasattr(mmap, "MAP_POPULATE")))
+    assert isinstance(buf.obj, mmap.mmap) == (size >= 4 << 20 and hasattr(mmap, "MAP_ANONYMOUS"))
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
     out = compress.decompress_bytes(compress.compress_bytes(data, threads=threads), threads=threads)
     gc.collect()
@@ -321,6 +321,28 @@ def test_decoded_buffers_are_writable_and_outlive_everything_but_their_views(siz
     loaded = compress.load_tensors(tmp_path / "w.thz")["w"]
     gc.collect()
     assert torch.equal(loaded, weights)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="MADV_POPULATE_WRITE is Linux's")
+def test_populate_takes_the_pages_from_the_kernel_and_changes_no_byte():
+    """populate makes the pages under a view resident in one call (the anonymous memory of the
+    process grows by the view's size before anything is written to it), including a view that
+    starts and ends inside a page, and leaves every byte as it was."""
+    import re
+
+    def anon_kib() -> int:
+        return int(re.search(r"RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+    buf = container.new_buffer(16 << 20)
+    buf[:5] = b"first"
+    buf[-4:] = b"last"
+    before = anon_kib()
+    container.populate(buf[4096 + 17:(12 << 20) + 5])
+    grown = anon_kib() - before
+    assert container._MADVISE is not None, "madvise(MADV_POPULATE_WRITE) failed on this kernel"
+    assert 11 << 10 < grown <= 16 << 10, grown  # KiB: about 12 MiB
+    assert bytes(buf[:5]) == b"first" and bytes(buf[-4:]) == b"last"
+    assert not np.frombuffer(buf, np.uint8)[4096:12 << 20].any()  # new pages read as zeros
 
 
 def _safetensors(entries: list[tuple[str, str, list[int], bytes]]) -> bytes:

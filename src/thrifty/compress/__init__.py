@@ -267,11 +267,11 @@ class _Collect:
 
 class _Place:
     """compress_bytes' sink: one new buffer, big enough for the container, that the writer's
-    pool copies frames into side by side (``place``), so that taking its fresh pages from the
-    kernel is shared out too. Returns a view of the part that was filled."""
+    pool copies frames into side by side (``place``), each batch's pages first taken from the
+    kernel in one call. Returns a view of the part that was filled."""
 
     def begin(self, most: int) -> None:
-        self.buffer = container.new_buffer(most, threads=2)  # pages come as they are written
+        self.buffer = container.new_buffer(most)
         self.end = 0
 
     def write(self, b) -> int:
@@ -281,11 +281,12 @@ class _Place:
         return n
 
     def place(self, at: int, frames: list[list]) -> None:
-        for frame in frames:
-            for part in frame:
-                n = memoryview(part).nbytes
-                self.buffer[at:at + n] = part
-                at += n
+        parts = [part for frame in frames for part in frame]
+        sizes = [memoryview(part).nbytes for part in parts]
+        container.populate(self.buffer[at:at + sum(sizes)])  # the pages in one call, no GIL held
+        for part, n in zip(parts, sizes, strict=True):
+            self.buffer[at:at + n] = part
+            at += n
 
     def skip_to(self, end: int) -> None:
         self.end = end
@@ -299,13 +300,13 @@ class _Fill:
     to be decoded into; a stream of unknown size is collected from writes instead.
 
     The buffer comes from :func:`container.new_buffer`: not zero-filled first, its pages
-    supplied by the kernel up front for one decoder, as they are written for several."""
+    taken from the kernel by each decoder for the chunk it is about to write."""
 
     def __init__(self):
         self.buffer: memoryview | bytearray = bytearray()
 
-    def reserve(self, size: int, threads: int = 1) -> memoryview:
-        self.buffer = container.new_buffer(size, threads)
+    def reserve(self, size: int) -> memoryview:
+        self.buffer = container.new_buffer(size)
         return self.buffer
 
     def write(self, b) -> int:
