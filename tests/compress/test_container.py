@@ -323,14 +323,15 @@ def test_decoded_buffers_are_writable_and_outlive_everything_but_their_views(siz
     assert torch.equal(loaded, weights)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="MADV_POPULATE_WRITE is Linux's")
 def test_populate_takes_the_pages_from_the_kernel_and_changes_no_byte():
-    """populate makes the pages under a view resident in one call (the anonymous memory of the
-    process grows by the view's size before anything is written to it), including a view that
-    starts and ends inside a page, and leaves every byte as it was."""
+    """On Linux, populate makes the pages under a view resident in one call (the process's
+    anonymous memory grows by the view's size before anything is written to it), a view that
+    starts and ends inside a page included. Anywhere, it leaves every byte as it was."""
     import re
 
     def anon_kib() -> int:
+        if sys.platform != "linux":
+            return 0
         return int(re.search(r"RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
 
     buf = container.new_buffer(16 << 20)
@@ -339,10 +340,13 @@ def test_populate_takes_the_pages_from_the_kernel_and_changes_no_byte():
     before = anon_kib()
     container.populate(buf[4096 + 17:(12 << 20) + 5])
     grown = anon_kib() - before
-    assert container._MADVISE is not None, "madvise(MADV_POPULATE_WRITE) failed on this kernel"
-    assert 11 << 10 < grown <= 16 << 10, grown  # KiB: about 12 MiB
     assert bytes(buf[:5]) == b"first" and bytes(buf[-4:]) == b"last"
     assert not np.frombuffer(buf, np.uint8)[4096:12 << 20].any()  # new pages read as zeros
+    if sys.platform == "linux":
+        assert container._MADVISE is not None, "madvise(MADV_POPULATE_WRITE) failed on this kernel"
+        assert 11 << 10 < grown <= 16 << 10, grown  # KiB: about 12 MiB
+    else:
+        assert container._MADVISE is None  # not attempted: the pages come as they are written
 
 
 def _safetensors(entries: list[tuple[str, str, list[int], bytes]]) -> bytes:

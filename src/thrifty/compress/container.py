@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import json
 import mmap
 import signal
@@ -188,8 +189,9 @@ def populate(view: memoryview) -> None:
         return
     addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
     start = addr - addr % mmap.PAGESIZE
-    if _MADVISE(start, addr + view.nbytes - start, _MADV_POPULATE_WRITE) != 0:
-        _MADVISE = None  # EINVAL from an older kernel: stop asking
+    if _MADVISE(start, addr + view.nbytes - start, _MADV_POPULATE_WRITE) != 0 \
+            and ctypes.get_errno() == errno.EINVAL:
+        _MADVISE = None  # a kernel before 5.14: stop asking (other failures: pages as written)
 
 
 _MAP_FROM = 4 << 20
