@@ -191,6 +191,16 @@ def test_resume_with_a_newer_corrupt_checkpoint_falls_back(trained, tmp_path):
     assert "rank0.pt.thz is truncated" in proc.stderr and "resumed from" in proc.stdout
     assert "step_00000012" in proc.stdout
     assert summary(run)["steps"] == 16
+    # Steps 13 to 16 were done twice, and the resumed invocation is charged for doing them again
+    # (it used to be charged nothing: the log stood at step 16 before it began and after it ended).
+    row = Ledger(os.environ["THRIFTY_LEDGER"]).get(str(run.resolve()))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    cum = {r["step"]: r["bytes_sent_cum"] for r in records if r["event"] == "train"}
+    assert row["status"] == "ok" and row["info"]["resumed_from_step"] == 12
+    assert row["usage"]["tokens_read"] == 4 * 256
+    assert row["usage"]["bytes_communicated"] == (cum[16] - cum[12]) * 2 > 0
+    points = Ledger(os.environ["THRIFTY_LEDGER"]).points(row["id"])
+    assert [p["step"] for p in points if p["event"] == "train"] == [13, 14, 15, 16]
 
 
 def test_torchrun_runs_the_same_module(tmp_path):
@@ -264,6 +274,13 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(tmp_path):
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "train"]
     assert steps == list(range(10, 151, 10))  # no step logged twice, none missing
+    # any steps logged after the checkpoint the group restarted from were done twice: the ledger
+    # charges them twice (512 tokens a step), and redone.jsonl says which they were
+    cut = run / "redone.jsonl"  # none when the worker died right after a checkpoint, as logged
+    redone = [json.loads(line) for line in cut.read_text().splitlines()] if cut.exists() else []
+    assert len(redone) <= 1 and all(r["tokens"] == (r["from_step"] - r["to_step"]) * 512 for r in redone)
+    row = Ledger(os.environ["THRIFTY_LEDGER"]).get(str(run.resolve()))
+    assert row["usage"]["tokens_read"] == 76800 + sum(r["tokens"] for r in redone)
 
     thrifty("train", *args, f"--run.dir={tmp_path / 'whole'}", "--nproc", "2")
     whole, restarted = final_weights(tmp_path / "whole"), final_weights(run)

@@ -1,4 +1,5 @@
-"""The peak a GPU's MFU is measured against, found by its name (no GPU needed to check it)."""
+"""The peak a GPU's MFU is measured against, found by its name (no GPU needed to check it),
+and the per-step log a resume cuts back."""
 
 import pytest
 import torch
@@ -29,3 +30,30 @@ def test_an_unknown_gpu_gets_no_mfu_rather_than_a_guess(monkeypatch, name):
 def test_a_cpu_peak_is_measured():
     peak, method = metrics.peak_flops(torch.device("cpu"))
     assert peak > 1e8 and method.startswith("measured: fp32 matmul probe")
+
+
+def test_a_resume_cuts_the_log_back_and_notes_what_the_cut_steps_used(tmp_path):
+    """Steps logged past the checkpoint a run resumes from are dropped from metrics.jsonl (they
+    are done again, and logged again), and what they had used goes to redone.jsonl, which only
+    grows, for the meter to charge; a fresh run starts both files anew."""
+    import json
+
+    from thrifty.train.metrics import REDONE, MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path, None)
+    for step in range(1, 7):
+        log.write({"event": "train", "step": step, "tokens": 100 * step, "bytes_sent_cum": 10 * step})
+    log.write({"event": "val", "step": 6, "tokens": 600})
+    log.close()
+    MetricsLog(path, {"step": 4, "tokens": 400, "bytes_sent_cum": 40}).close()  # resumed at 4
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    cut = {"from_step": 6, "to_step": 4, "tokens": 200, "bytes_sent": 20}
+    assert read_metrics(tmp_path / REDONE) == [cut]
+    MetricsLog(path, {"step": 4, "tokens": 400, "bytes_sent_cum": 40}).close()  # nothing to cut
+    assert len(read_metrics(tmp_path / REDONE)) == 1
+    log = MetricsLog(path, {"step": 2, "tokens": 200, "bytes_sent_cum": 20})  # an older checkpoint
+    log.close()
+    assert [json.loads(line)["tokens"] for line in (tmp_path / REDONE).read_text().splitlines()] == [200, 200]
+    MetricsLog(path, None).close()  # a fresh run
+    assert path.read_text() == "" and not (tmp_path / REDONE).exists()

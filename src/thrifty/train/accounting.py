@@ -19,17 +19,30 @@ from pathlib import Path
 
 from thrifty.cost.prices import accelerator_key
 from thrifty.train import checkpoint as ckpt
-from thrifty.train.metrics import read_metrics
+from thrifty.train.metrics import REDONE, read_metrics
 
 
 def progress(run_dir: Path) -> dict:
-    """Where the run stands now: the last logged step's tokens and cumulative bytes sent, and the
-    complete checkpoints there are (name -> raw bytes, stored bytes)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    """Where the run stands now: the last logged step's tokens and cumulative bytes sent, how
+    many records redone.jsonl holds, which run.json is there (by inode and modification time),
+    and the complete checkpoints there are (name -> raw bytes, stored bytes)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
     records = [r for r in read_metrics(path) if r.get("event") == "train"] if path.exists() else []
     last = records[-1] if records else {}
+    try:
+        st = (run_dir / "run.json").stat()
+        summary = (st.st_ino, st.st_mtime_ns)
+    except FileNotFoundError:
+        summary = None
     return {"step": last.get("step", 0), "tokens": last.get("tokens", 0),
-            "bytes_sent_cum": last.get("bytes_sent_cum", 0), "checkpoints": _checkpoints(run_dir)}
+            "bytes_sent_cum": last.get("bytes_sent_cum", 0), "redone": len(_redone(run_dir)),
+            "summary": summary, "checkpoints": _checkpoints(run_dir)}
+
+
+def _redone(run_dir: Path) -> list[dict]:
+    path = run_dir / REDONE
+    return read_metrics(path) if path.exists() else []
 
 
 def _checkpoints(run_dir: Path) -> dict[str, tuple[int, int]]:
@@ -48,14 +61,21 @@ def _checkpoints(run_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1) -> dict | None:
-    """Add what the workers did since ``before`` to the metered ``run``; returns the summary."""
+    """Add what the workers did since ``before`` to the metered ``run``; returns the summary.
+
+    Steps this invocation did twice (a restart, or a resume from a checkpoint older than the
+    last log) count twice: the log was cut back to the checkpoint, and redone.jsonl says what the
+    steps cut had used. Steps done after the last log of a worker group that died are not known
+    to anyone and are not counted (their CPU time is: it is measured)."""
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    records = read_metrics(path) if path.exists() else []
-    records = [r for r in records if r.get("step", 0) > before["step"]]
     after = progress(run_dir)
-    tokens = max(0, after["tokens"] - before["tokens"])
-    sent = max(0, after["bytes_sent_cum"] - before["bytes_sent_cum"]) * world_size
+    redone = _redone(run_dir)[before["redone"]:]
+    start = min([before["step"]] + [r["to_step"] for r in redone])  # where this invocation began
+    path = run_dir / "metrics.jsonl"
+    records = [r for r in read_metrics(path) if r.get("step", 0) > start] if path.exists() else []
+    tokens = max(0, after["tokens"] - before["tokens"]) + sum(r["tokens"] for r in redone)
+    sent = (max(0, after["bytes_sent_cum"] - before["bytes_sent_cum"])
+            + sum(r["bytes_sent"] for r in redone)) * world_size
     held, now = before["checkpoints"], after["checkpoints"]
     new = [size for name, size in now.items() if name not in held]
     removed = sum(stored for name, (_, stored) in held.items() if name not in now)
@@ -68,12 +88,9 @@ def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1)
         for r in records
     ]
     summary = None
-    summary_path = run_dir / "run.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("steps", 0) <= before["step"]:
-            summary = None  # left by an earlier invocation
-    info = {"tokens": tokens, "world_size": world_size, "resumed_from_step": before["step"] or None}
+    if after["summary"] is not None and after["summary"] != before["summary"]:  # not an earlier one's
+        summary = json.loads((run_dir / "run.json").read_text())
+    info = {"tokens": tokens, "world_size": world_size, "resumed_from_step": start or None}
     if summary:
         info.update({k: summary.get(k) for k in (
             "strategy", "device", "parameters", "flops_per_token", "mfu", "tokens_per_s", "steps",
@@ -84,9 +101,9 @@ def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1)
         info["syncs"] = summary.get("syncs")
         info["bytes_sent_per_worker"] = sent / world_size
         # what plain all-reduce would have sent for the steps of this invocation, all workers
-        steps = summary["steps"]
+        # (every step takes the same tokens)
         info["plain_allreduce_bytes"] = ((summary.get("plain_allreduce_bytes_per_worker") or 0) * world_size
-                                         * (steps - before["step"]) / steps if steps else 0)
+                                         * tokens / summary["tokens"] if summary.get("tokens") else 0)
         if summary.get("device") == "cuda":
             key = accelerator_key(summary.get("peak_flops_method", ""))
             run.reserve(key, world_size)

@@ -95,6 +95,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.bytes_before = 0  # see _resume
         self.resized_from: int | None = None
+        self.resumed_at: dict | None = None  # the checkpoint's step, tokens and bytes sent per worker
         cuda = workers.device.type == "cuda"
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -106,9 +107,7 @@ class Trainer:
 
         resumed = self._resume(resume) if resume else None
         self.metrics = (
-            MetricsLog(self.run_dir / "metrics.jsonl", self.step if resumed else None)
-            if workers.is_main
-            else None
+            MetricsLog(self.run_dir / "metrics.jsonl", self.resumed_at) if workers.is_main else None
         )
         if resumed and workers.is_main:
             n = self.resized_from
@@ -400,6 +399,8 @@ class Trainer:
         self.aux.load_state_dict(shared["aux"])
         self.sampler.load_state_dict(shared["sampler"])
         self.step, self.tokens = int(shared["step"]), int(shared["tokens"])
+        self.resumed_at = {"step": self.step, "tokens": self.tokens,
+                           "bytes_sent_cum": sum(shared["strategy"]["counter"]["bytes_by_op"].values())}
         if local is None:
             torch.manual_seed(self.cfg.train.seed + 1 + self.w.rank + 7919 * self.step)
         else:
@@ -410,7 +411,7 @@ class Trainer:
         # run's total stays right.
         self.bytes_before = int(shared.get("bytes_before", 0))
         if resized:
-            sent = sum(shared["strategy"]["counter"]["bytes_by_op"].values())  # per worker so far
+            sent = self.resumed_at["bytes_sent_cum"]  # per worker so far
             self.bytes_before += sent * before - sent * self.w.world_size
             self.resized_from = before
         self.last_loss = shared["last_loss"]

@@ -86,19 +86,35 @@ def peak_rss_bytes() -> int:
 
 
 class MetricsLog:
-    """Appends one JSON object per line; on resume, drops records past the resumed step."""
+    """Appends one JSON object per line. On resume, drops the records past the step resumed
+    from: those steps are done again. What they had used (tokens, and bytes sent per worker:
+    the last dropped record's counts less ``resumed_at``'s) is first appended to
+    redone.jsonl beside the log, which only ever grows, so that the meter charges the work to
+    the invocation that redoes it (see thrifty.train.accounting)."""
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path: Path, resumed_at: dict | None):
         self.path = Path(path)
-        if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+        redone = self.path.with_name(REDONE)
+        if resumed_at is not None and self.path.exists():
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            records = [json.loads(line) for line in lines]
+            step = resumed_at["step"]
+            cut = [r for r in records if r.get("step", 0) > step and r.get("event") == "train"]
+            if cut:
+                last = cut[-1]
+                with open(redone, "a") as f:
+                    f.write(json.dumps({
+                        "from_step": last["step"], "to_step": step,
+                        "tokens": max(0, last["tokens"] - resumed_at["tokens"]),
+                        "bytes_sent": max(0, last["bytes_sent_cum"] - resumed_at["bytes_sent_cum"]),
+                    }) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            kept = [line for line, r in zip(lines, records, strict=True) if r.get("step", 0) <= step]
             write_atomic(self.path, "".join(f"{line}\n" for line in kept).encode())
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+        elif resumed_at is None:
+            for stale in (self.path, redone):
+                stale.unlink(missing_ok=True)
         self._file = open(self.path, "a", buffering=1)
 
     def write(self, record: dict) -> None:
@@ -106,6 +122,9 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+REDONE = "redone.jsonl"
 
 
 def read_metrics(path: Path) -> list[dict]:
