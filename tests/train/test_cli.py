@@ -197,7 +197,7 @@ def test_resume_with_a_newer_corrupt_checkpoint_falls_back(trained, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     cum = {r["step"]: r["bytes_sent_cum"] for r in records if r["event"] == "train"}
     assert row["status"] == "ok" and row["info"]["resumed_from_step"] == 12
-    assert row["usage"]["tokens_read"] == 4 * 256
+    assert row["usage"]["tokens_read"] == 4 * 256 and row["info"]["steps_done"] == 4
     assert row["usage"]["bytes_communicated"] == (cum[16] - cum[12]) * 2 > 0
     points = Ledger(os.environ["THRIFTY_LEDGER"]).points(row["id"])
     assert [p["step"] for p in points if p["event"] == "train"] == [13, 14, 15, 16]

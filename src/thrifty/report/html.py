@@ -113,7 +113,9 @@ def _figures(runs: list[dict]) -> list[tuple[str, str, str]]:
         by_strategy: dict[str, list[float]] = {}
         for r in trains:
             name = r["info"].get("strategy") or "?"
-            steps = max(1, (r["info"].get("steps") or 1) - (r["info"].get("resumed_from_step") or 0))
+            info = r["info"]  # steps it took; a ledger row from before steps_done: those past its resume
+            done = info.get("steps_done") or (info.get("steps") or 1) - (info.get("resumed_from_step") or 0)
+            steps = max(1, done)
             sent = r["usage"]["bytes_communicated"] / steps
             plain = (r["info"].get("plain_allreduce_bytes") or 0) / steps
             by_strategy.setdefault(name, [0.0, 0.0, 0])
