@@ -112,12 +112,13 @@ def _figures(runs: list[dict]) -> list[tuple[str, str, str]]:
         # 4. bytes communicated per strategy, against what plain all-reduce would send
         by_strategy: dict[str, list[float]] = {}
         for r in trains:
-            name = r["info"].get("strategy") or "?"
-            info = r["info"]  # steps it took; a ledger row from before steps_done: those past its resume
+            info = r["info"]
+            name = info.get("strategy") or "?"
+            # the steps the invocation took (a row older than steps_done: the steps past its resume)
             done = info.get("steps_done") or (info.get("steps") or 1) - (info.get("resumed_from_step") or 0)
             steps = max(1, done)
             sent = r["usage"]["bytes_communicated"] / steps
-            plain = (r["info"].get("plain_allreduce_bytes") or 0) / steps
+            plain = (info.get("plain_allreduce_bytes") or 0) / steps
             by_strategy.setdefault(name, [0.0, 0.0, 0])
             by_strategy[name][0] += sent
             by_strategy[name][1] += plain
