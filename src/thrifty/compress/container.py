@@ -179,9 +179,9 @@ _MADV_POPULATE_WRITE = 23  # Linux 5.14 and later
 def populate(view: memoryview) -> None:
     """Have the kernel supply the pages under ``view``, a part of a buffer from
     :func:`new_buffer`, ready for writing: one madvise call, made through ctypes so that it
-    runs without the GIL, instead of a page fault per 4 KiB as the bytes are first written.
-    In this VM a fault costs about 3.4 us, twice the page's share of the one call, and faults
-    taken while the GIL is held (a memoryview copy) stop every other thread too. Nothing
+    runs without the GIL, instead of a page fault per 4 KiB as the bytes are first written
+    (faults taken while the GIL is held, in a memoryview copy, stop every other thread too).
+    ``benchmarks/compress_limits.py`` table 5 measures it against the other ways. Nothing
     happens where the call is missing (not Linux, or a kernel before 5.14): the pages then come
     one fault at a time, as they always did. Never changes a byte."""
     global _MADVISE
