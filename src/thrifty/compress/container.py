@@ -185,8 +185,8 @@ def populate(view: memoryview) -> None:
     happens where the call is missing (not Linux, or a kernel before 5.14): the pages then come
     one fault at a time, as they always did. Never changes a byte."""
     global _MADVISE
-    if _MADVISE is None or view.nbytes < mmap.PAGESIZE:
-        return
+    if _MADVISE is None or view.nbytes < mmap.PAGESIZE or not isinstance(view.obj, mmap.mmap):
+        return  # (new_buffer's small buffers come from the heap, whose pages are mostly there)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
     start = addr - addr % mmap.PAGESIZE
     if _MADVISE(start, addr + view.nbytes - start, _MADV_POPULATE_WRITE) != 0 \
