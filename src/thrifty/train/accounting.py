@@ -98,14 +98,15 @@ def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1)
             "plain_allreduce_bytes_per_worker", "checkpoint", "restarts")})
         info["config"] = summary.get("config")
         info["flops"] = summary["flops_per_token"] * tokens
-        # steps this invocation took, those done twice counted twice (all steps take the same tokens)
-        per_step = summary["tokens"] / summary["steps"] if summary.get("steps") else 0
-        info["steps_done"] = round(tokens / per_step) if per_step else 0
+        # this invocation's share of the run's steps (all take the same tokens), those it did
+        # twice counted twice: the steps it took, and what plain all-reduce would have sent for
+        # them, all workers
+        share = tokens / summary["tokens"] if summary.get("tokens") else 0
+        info["steps_done"] = round(share * summary["steps"])
         info["syncs"] = summary.get("syncs")
         info["bytes_sent_per_worker"] = sent / world_size
-        # what plain all-reduce would have sent for the steps of this invocation, all workers
-        info["plain_allreduce_bytes"] = ((summary.get("plain_allreduce_bytes_per_worker") or 0) * world_size
-                                         * tokens / summary["tokens"] if summary.get("tokens") else 0)
+        plain = summary.get("plain_allreduce_bytes_per_worker") or 0
+        info["plain_allreduce_bytes"] = plain * world_size * share
         if summary.get("device") == "cuda":
             key = accelerator_key(summary.get("peak_flops_method", ""))
             run.reserve(key, world_size)
