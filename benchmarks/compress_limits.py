@@ -9,8 +9,9 @@ Seven tables, no targets (exit status 0 unless something fails to round-trip):
 2. What ZipNN and thrifty each make of a random flipped bit in the compressed file.
 3. Independent chunks against one whole-file frame, zstd alone, on the standard library's text
    and the token shard: what each chunk size and level gives up in ratio, and at what speed;
-   and what might win it back inside 1 MiB chunks: match finders between level 3 and 5, and a
-   zstd dictionary built from the input (sampled as RocksDB does, or trained).
+   and what might win it back inside 1 MiB chunks: match finders between level 3 and 5, a
+   zstd dictionary built from the input (sampled as RocksDB does, or trained), and for the
+   token shard thrifty's varint transform.
 4. What a second thread buys on this machine: the same 1 MiB chunks of MiniLM's bf16 weights
    coded by one thread, then split between two plain threads (no pool, nothing shared), for
    zstd alone and for thrifty's per-chunk coding; beside it thrifty's and ZipNN's own
@@ -156,9 +157,10 @@ def _pieces(data: bytes, total: int, piece: int = 4096) -> list[bytes]:
     return [data[i * step:i * step + piece] for i in range(total // piece)]
 
 
-def chunk_rows(name: str, data: bytes) -> list[str]:
+def chunk_rows(name: str, data: bytes, width: int | None = None) -> list[str]:
     """Each coding's ratio (a dictionary's own bytes counted once) and speed (building the
-    dictionary included): what independent chunks give up, and what might win it back."""
+    dictionary included): what independent chunks give up, and what might win it back. For
+    integers of ``width`` bytes, also thrifty's varint transform before level 3."""
     def level(n):
         return lambda: (zstandard.ZstdCompressor(level=n), 0)
 
@@ -200,6 +202,9 @@ def chunk_rows(name: str, data: bytes) -> list[str]:
         ("chunks of 1 MiB, level 3, 64 KiB dictionary sampled from the input", 1 << 20, raw_dict(64 << 10)),
         ("chunks of 1 MiB, level 3, 32 KiB dictionary trained on the input", 1 << 20, trained_dict(32 << 10)),
     ]
+    if width:
+        variants.append(("chunks of 1 MiB, varint (thrifty's transform), then level 3", 1 << 20,
+                         lambda: (_Varint(width), 0)))
     rows = []
     for label, size, make in variants:
         def run(_=None, size=size, make=make):
@@ -209,6 +214,16 @@ def chunk_rows(name: str, data: bytes) -> list[str]:
         ms = best_ms(run)
         rows.append(f"| {name} | {label} | {len(data) / stored:.3f} | {len(data) / 1e3 / ms:.0f} |")
     return rows
+
+
+class _Varint:
+    """A chunk as thrifty's varint transform and zstd level 3 code it."""
+
+    def __init__(self, width: int):
+        self.width, self.z = width, zstandard.ZstdCompressor(level=3)
+
+    def compress(self, chunk: bytes) -> bytes:
+        return self.z.compress(planes.split(chunk, planes.VARINT, self.width)[0])
 
 
 SCALE_HEAD = ["| work on MiniLM bf16 | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]
@@ -380,7 +395,7 @@ def main() -> int:
         print("\n".join([*FLIP_HEAD, flip_row("MiniLM bf16", bf16.read_bytes(), "bfloat16")]) + "\n")
         print("## Independent chunks against one frame, zstd alone, one thread\n")
         print("\n".join([*CHUNK_HEAD, *chunk_rows("text (stdlib .py)", stdlib_text(32 << 20)),
-                         *chunk_rows("token shard (uint16)", token_shard(work / "t.npy").read_bytes())]))
+                         *chunk_rows("token shard (uint16)", token_shard(work / "t.npy").read_bytes(), 2)]))
         print(f"\n## What a second thread buys on this machine, best of {REPEAT}\n")
         print("\n".join([*SCALE_HEAD, *scale_rows(bf16.read_bytes())]))
         print("\n## What decompress_bytes decodes into, MiniLM bf16, best of 3 rounds\n")

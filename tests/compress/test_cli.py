@@ -258,6 +258,7 @@ def test_token_shards_as_npy_and_raw(tmp_path):
     thrifty("compress", str(tmp_path / "shard.bin"), "--dtype=u16", "-o", str(tmp_path / "typed.thz"))
     info = json.loads(thrifty("inspect", str(tmp_path / "shard.npy.thz"), "--json").stdout)
     assert info["kind"] == "npy" and any(s["dtype"] == "U16" for s in info["segments"])
+    assert next(s for s in info["segments"] if s["dtype"] == "U16")["coding"] == "varint"
     thrifty("decompress", str(tmp_path / "typed.thz"), "-o", str(tmp_path / "back.bin"))
     assert (tmp_path / "back.bin").read_bytes() == tokens.tobytes()
 
@@ -267,7 +268,7 @@ def test_inspect_shows_ratio_per_tensor_and_plane(weights, tmp_path):
     out = thrifty("inspect", str(tmp_path / "model.safetensors.thz")).stdout
     assert "safetensors" in out and "a.weight" in out and "BF16" in out
     row = next(line for line in out.splitlines() if line.startswith("a.weight"))
-    assert len(row.split()) == 6  # name, dtype, bytes, ratio, and two planes for bf16
+    assert row.split()[4:] == ["float-planes", row.split()[5], row.split()[6]]  # two planes for bf16
 
 
 def test_inspect_counts_chunks_in_words(tmp_path):

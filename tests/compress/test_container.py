@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import io
+import re
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +91,117 @@ def test_compiled_planes_match_numpy_byte_for_byte(data, transform, width):
     (lambda c: c.merge([b"ab", b"a"], planes.FLOAT, 2, bytearray(4)), "differ in length"),
     (lambda c: c.merge([b"ab", b"ab"], planes.FLOAT, 2, bytearray(5)), "output holds 5"),
     (lambda c: c.merge([b"ab", b"ab"], planes.FLOAT, 2, b"read"), "read-write"),
+    (lambda c: c.varint_encode(b"abc", 3), "no varint for width 3"),
+    (lambda c: c.varint_encode(b"abc", 2), "not whole values"),
+    (lambda c: c.varint_decode(b"\x01", 2, bytearray(3)), "not whole values"),
+    (lambda c: c.varint_decode(b"\x01", 2, b"re"), "read-write"),
 ])
 def test_compiled_planes_refuse_what_does_not_fit(call, message):
     """Checked in C before any byte is written: a mismatch would otherwise write out of bounds."""
     with pytest.raises((ValueError, TypeError), match=message):
         call(planes.compiled)
+
+
+def _edges(width: int) -> np.ndarray:
+    """Every value at which a varint gains a byte, either side of it, and the largest."""
+    top = (1 << 8 * width) - 1
+    at = [v for k in range(1, 10) for v in ((1 << 7 * k) - 1, 1 << 7 * k) if v <= top]
+    return np.array([0, 1, *at, top - 1, top], dtype=f"<u{width}")
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_varints_round_trip_at_every_length(width, offset, impl):
+    values = _edges(width)
+    data = values.tobytes()
+    (stream,) = planes.split(data, planes.VARINT, width)
+    expect = sum(max(1, -(-int(v).bit_length() // 7)) for v in values)  # bytes of 7 bits each
+    assert len(stream) == expect
+    buffer = np.zeros(len(data) + offset, np.uint8)
+    planes.merge([bytes(stream)], planes.VARINT, width, memoryview(buffer)[offset:])
+    assert buffer[offset:].tobytes() == data
+
+
+def test_varints_are_leb128(impl):
+    # The example of the DWARF and protobuf specifications: 300 is 0xAC 0x02.
+    assert bytes(planes.split(np.array([300, 1, 0], "<u2").tobytes(), planes.VARINT, 2)[0]) == \
+        b"\xac\x02\x01\x00"
+
+
+@given(st.binary(max_size=4000), st.sampled_from([2, 4, 8]))
+def test_compiled_varints_match_numpy_byte_for_byte(data, width):
+    data = data[:len(data) // width * width]
+    ours = planes.compiled.varint_encode(data, width)
+    assert ours == planes.varint_encode_numpy(data, width)
+    a, b = bytearray(len(data)), np.full(len(data), 7, np.uint8)
+    planes.compiled.varint_decode(ours, width, a)
+    planes.varint_decode_numpy(ours, width, b)
+    assert bytes(a) == b.tobytes() == data
+
+
+@pytest.mark.parametrize("stream,values,message", [
+    (b"", 1, "exactly 1 values"),  # nothing there
+    (b"\x80", 1, "exactly 1 values"),  # ends inside a value
+    (b"\x01\x01", 1, "exactly 1 values"),  # a value too many
+    (b"\x01", 2, "exactly 2 values"),  # a value too few
+    (b"\x80\x80\x80\x01", 1, "varint 1 does not fit in 2 bytes"),  # four bytes for a uint16
+    (b"\x05\xff\xff\x04", 2, "varint 2 does not fit in 2 bytes"),  # 65536
+])
+def test_varint_decoders_refuse_a_stream_that_does_not_hold_the_values(stream, values, message, impl):
+    """The compiled decoder checks before it writes past the end; both name what is wrong."""
+    with pytest.raises(ValueError, match=message):
+        planes.merge([stream], planes.VARINT, 2, bytearray(2 * values))
+
+
+def _words_as_ids(limit: int) -> np.ndarray:
+    """Token ids as a tokenizer makes them: the stdlib's words numbered by frequency."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = b"".join(p.read_bytes() for p in sorted(stdlib.glob("*.py")))[:limit]
+    words = re.findall(rb"\w+|[^\w\s]|\s+", text)
+    rank = {w: i for i, (w, _) in enumerate(collections.Counter(words).most_common())}
+    return np.array([rank[w] for w in words], dtype=np.uint16)
+
+
+def _transforms(blob) -> set[int]:
+    return {c.transform for c in container.Reader(io.BytesIO(bytes(blob)), "x").chunks()}
+
+
+def test_token_ids_are_coded_as_varints_where_that_pays():
+    ids = _words_as_ids(1 << 20)
+    assert (ids >= 128).mean() > 0.1  # a good part take two bytes
+    blob = compress.compress_bytes(ids.tobytes(), dtype="u16", chunk_size=1 << 18)
+    assert _transforms(blob) == {planes.VARINT}
+    assert bytes(compress.decompress_bytes(blob)) == ids.tobytes()
+    # smaller than either other choice the encoder had
+    plain = compress.compress_bytes(ids.tobytes(), chunk_size=1 << 18)
+    as_planes = [container.encode_chunk(memoryview(ids.tobytes())[i:i + (1 << 18)], planes.BYTES, 2,
+                                        1, 3) for i in range(0, ids.nbytes, 1 << 18)]
+    assert len(blob) < 0.97 * len(plain)
+    assert len(blob) < sum(container._size(f) for f in as_planes)
+    # the same ids as int64, as torch keeps them: a varint is one to three bytes of eight
+    wide = ids.astype(np.int64).tobytes()
+    coded = compress.compress_bytes(wide, dtype="i64", chunk_size=1 << 18)
+    assert _transforms(coded) == {planes.VARINT}
+    assert len(coded) < 0.9 * len(compress.compress_bytes(wide, chunk_size=1 << 18))
+    # ids that look random keep byte planes or plain bytes
+    noise = np.random.default_rng(0).integers(0, 1 << 16, 1 << 17, dtype=np.uint16).tobytes()
+    assert planes.VARINT not in _transforms(compress.compress_bytes(noise, dtype="u16", **SMALL))
+
+
+def test_a_varint_chunk_that_does_not_decode_is_named():
+    """Checksums hold but the stream is wrong (a writer's bug, not a bit flip): still an error."""
+    import xxhash
+
+    raw = np.array([1, 2], "<u2").tobytes()
+    for stream in (b"\x01", b"\x01\x02\x03", b"\xff\xff\xff\x01"):
+        chunk = container.Chunk(0, 0, 0, len(raw), planes.VARINT, 2, xxhash.xxh3_64_intdigest(raw),
+                                xxhash.xxh3_64_intdigest(stream), [(0, len(stream))], stream)
+        with pytest.raises(ThriftyError, match="does not decode"):
+            container.decode_chunk(chunk)
+    bad = container.Chunk(0, 0, 0, len(raw), 9, 2, 0, xxhash.xxh3_64_intdigest(raw),
+                          [(0, len(raw))], raw)
+    with pytest.raises(ThriftyError, match="unknown transform 9"):
+        container.decode_chunk(bad)
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 8191, 8192, 12287, 1 << 20])
@@ -400,7 +509,7 @@ _inputs = st.one_of(
     st.integers(0, 30_000).map(lambda n: _float_bytes(n, torch.bfloat16, seed=n)),
     st.integers(0, 10_000).map(lambda n: _float_bytes(n, torch.float32, seed=n)),
 )
-_dtypes = st.sampled_from([None, "bf16", "f32", "u16", "f64"])
+_dtypes = st.sampled_from([None, "bf16", "f32", "u16", "i64", "f64"])
 _settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -478,8 +587,15 @@ def test_version_1_files_still_read(tmp_path):
         archive.f.close()
     # what is written now is version 2, its header compressed, and reads back the same
     new = compress.compress_bytes(original, chunk_size=16384)
-    assert new[8:10] == b"\x02\x00"
+    assert new[8:10] == b"\x03\x00"
     assert bytes(compress.decompress_bytes(new)) == original
+
+
+def test_version_2_files_still_read():
+    """A token shard written by the version-2 writer (commit 6e95b95), before varints."""
+    old = (DATA / "v2-tokens.npy.thz").read_bytes()
+    assert old[8:10] == b"\x02\x00"
+    assert bytes(compress.decompress_bytes(old)) == (DATA / "v2-tokens.npy").read_bytes()
 
 
 def test_a_safetensors_header_longer_than_the_first_read_is_still_understood(tmp_path):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from thrifty import compress as thz
-from thrifty.compress import container
+from thrifty.compress import container, planes
 from thrifty.cost.meter import metered_run
 from thrifty.errors import ThriftyError
 from thrifty.report.terminal import plural
@@ -171,8 +171,9 @@ def run_compress(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="thrifty compress",
         description="Compress files losslessly into the thrifty container (FILE -> FILE.thz). "
-                    "Float and integer tensors (safetensors, .npy, torch.save checkpoints) are "
-                    "split into byte planes first; everything else is coded as bytes.",
+                    "Float tensors (safetensors, .npy, torch.save checkpoints) are split into "
+                    "byte planes first, integer tensors into byte planes or varints; everything "
+                    "else is coded as bytes.",
     )
     _common(parser)
     parser.add_argument("-l", "--level", type=int, help="codec level (zstd: -7..22, default 3)")
@@ -355,10 +356,11 @@ def _inspect(path: str) -> dict:
     h = archive.header
     starts = {t.offset: t for t in archive.tensors}
     rows, other = [], {"name": "(other bytes)", "dtype": "", "shape": [], "bytes": 0, "stored": 0,
-                       "planes": [], "segments": 0}
+                       "coding": "plain", "planes": [], "segments": 0}
     for i, seg in enumerate(archive.segments):
         per_plane = [stats.planes.get((i, k), [0, 0]) for k in range(8) if (i, k) in stats.planes]
         stored = sum(s for _, s in per_plane)
+        coding = "+".join(planes.NAMES[t] for t in sorted(stats.transforms.get(i, ())))
         if not seg.dtype:
             other["bytes"] += seg.length
             other["stored"] += stored
@@ -372,7 +374,7 @@ def _inspect(path: str) -> dict:
         rows.append({
             "name": name, "dtype": seg.dtype, "tensors": inside,
             "shape": tensor.shape if tensor else [], "bytes": seg.length, "stored": stored,
-            "planes": [{"bytes": r, "stored": s} for r, s in per_plane],
+            "coding": coding, "planes": [{"bytes": r, "stored": s} for r, s in per_plane],
         })
     if other["segments"] or not rows:
         if not archive.segments:  # a stream: one run of plain chunks
@@ -391,13 +393,14 @@ def _inspect_text(summary: dict) -> str:
              f"{s['original_size']:,} -> {s['stored_size']:,} bytes "
              f"({_fmt_ratio(s['original_size'], s['stored_size'])})", ""]
     name_w = min(48, max([len(r["name"]) for r in rows] + [4]))
+    code_w = max([len(r["coding"]) for r in rows] + [6])
     lines.append(f"{'name':<{name_w}}  {'dtype':<5}  {'bytes':>13}  {'ratio':>7}  "
-                 "planes (most significant first)")
+                 f"{'coding':<{code_w}}  planes (most significant first)")
     for r in rows:
-        planes = " ".join(_fmt_ratio(p["bytes"], p["stored"]) for p in r["planes"])
+        per_plane = " ".join(_fmt_ratio(p["bytes"], p["stored"]) for p in r["planes"])
         name = r["name"] if len(r["name"]) <= name_w else "…" + r["name"][-name_w + 1:]
         lines.append(f"{name:<{name_w}}  {r['dtype']:<5}  {r['bytes']:>13,}  "
-                     f"{_fmt_ratio(r['bytes'], r['stored']):>7}  {planes}")
+                     f"{_fmt_ratio(r['bytes'], r['stored']):>7}  {r['coding']:<{code_w}}  {per_plane}")
     return "\n".join(lines)
 
 
@@ -411,7 +414,7 @@ def run_bench(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=_positive, default=3, help="best of this many runs (default 3)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
-    from thrifty.compress import bench, planes
+    from thrifty.compress import bench
 
     data = Path(args.file).read_bytes()
     if not data:

@@ -75,8 +75,9 @@ def encode(data, method: int, level: int) -> bytes:
     raise ValueError(f"unknown codec {method}")
 
 
-def decode(data, method: int, raw_len: int) -> bytes:
-    """Decode one plane; raises ThriftyError when the data does not decode to ``raw_len`` bytes."""
+def decode(data, method: int, raw_len: int, exact: bool = True) -> bytes:
+    """Decode one plane; raises ThriftyError when the data does not decode to ``raw_len`` bytes
+    (to at most ``raw_len`` when not ``exact``)."""
     try:
         if method == STORED:
             out = data  # a view of the payload: merging the planes copies it anyway
@@ -93,6 +94,6 @@ def decode(data, method: int, raw_len: int) -> bytes:
             raise ValueError(f"unknown codec id {method}")
     except (zstandard.ZstdError, ValueError, RuntimeError, zlib.error, lz4.block.LZ4BlockError) as e:
         raise ThriftyError(f"does not decode ({e})") from None
-    if len(out) != raw_len:
+    if len(out) != raw_len if exact else len(out) > raw_len:
         raise ThriftyError(f"decodes to {len(out)} bytes, expected {raw_len}")
     return out

@@ -43,8 +43,8 @@ from thrifty.files import read_exact
 
 MAGIC = b"\x89THZ\r\n\x1a\n"  # PNG's trick: a text-mode transfer or a 7-bit channel breaks it
 END_MAGIC = b"THZ-END\x00"
-VERSION = 2  # written; 1 is still read (its header and index JSON are not compressed)
-READABLE = (1, 2)
+VERSION = 3  # written; 1 and 2 are still read (3 added the varint transform; 1 has plain JSON)
+READABLE = (1, 2, 3)
 DEFAULT_CHUNK = 1 << 20
 _HEAD = struct.Struct("<8sHI")  # magic, version, JSON length
 _CHUNK = struct.Struct("<BBBBIQQ")  # transform, width, planes, reserved, raw length, xxh3 raw/payload
@@ -55,6 +55,8 @@ _TRAILER = struct.Struct("<Q8s")
 # type, CRC), and the most one chunk's row adds to the index JSON ("[offset,offset,length],").
 _FRAME_MAX = 1 + _CHUNK.size + 8 * _PLANE.size + 4
 _ROW_MAX = 3 * 20 + 4
+# Integer segments choose their transform by coding this much of their start each way.
+TRIAL_BYTES = 256 << 10
 # A float mantissa plane is entropy-coded only when its order-0 entropy promises this saving.
 MIN_PLANE_SAVING = 0.01
 
@@ -103,6 +105,8 @@ class Stats:
     stored: int = 0
     # (segment number, plane number) -> [raw bytes, stored bytes]
     planes: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    # segment number -> the transforms its chunks were coded with
+    transforms: dict[int, set[int]] = field(default_factory=dict)
 
 
 class _Inline:
@@ -209,7 +213,7 @@ def encode_chunk(data: memoryview, transform: int, width: int, method: int, leve
     table, payload = [], []
     for k, plane in enumerate(parts):
         use, lvl = method, level
-        if transform != planes.NONE and method != codecs.ZLIB:
+        if transform not in (planes.NONE, planes.VARINT) and method != codecs.ZLIB:
             # Planes go to zstd whatever the chosen codec: lz4 has no entropy stage, and planes
             # are all about entropy. High levels search for matches too; the rest skip that.
             params = codecs.EXPONENT if k == 0 else codecs.MANTISSA
@@ -246,14 +250,27 @@ def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
     whole-file digest catches any chunk that decoded wrongly, or out of place."""
     if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
         raise ThriftyError("checksum mismatch in its coded data")
+    transform, width = chunk.transform, chunk.width
+    if not (planes.usable(transform, width, chunk.raw_len) and transform <= planes.VARINT
+            and len(chunk.planes) == planes.plane_count(transform, width)):
+        raise ThriftyError(f"unknown transform {transform} of width {width} with "
+                           f"{len(chunk.planes)} planes")
     parts, pos = [], 0
-    n = chunk.raw_len // chunk.width if chunk.transform != planes.NONE else chunk.raw_len
+    n = chunk.raw_len // width if transform != planes.NONE else chunk.raw_len
+    if transform == planes.VARINT:  # a varint plane's length is known only once it is decoded
+        n *= planes.varint_max_bytes(width)
     for method, stored in chunk.planes:
-        parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n))
+        parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n,
+                                   exact=transform != planes.VARINT))
         pos += stored
-    if out is not None:
+    if out is None and transform == planes.VARINT:
+        out = memoryview(np.empty(chunk.raw_len, np.uint8))
+    elif out is not None:
         populate(out)
-    raw = planes.merge(parts, chunk.transform, chunk.width, out)
+    try:
+        raw = planes.merge(parts, transform, width, out)
+    except ValueError as e:  # a varint stream that does not hold the chunk's values
+        raise ThriftyError(f"does not decode ({e})") from None
     if check_raw and xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
         raise ThriftyError("checksum mismatch after decoding")
     return raw
@@ -357,15 +374,18 @@ def write(
                 chosen = (transform, width)
                 if transform == planes.BYTES:
                     # Integers: byte planes win on ids that look random and lose on id streams
-                    # that repeat themselves (token shards), where plain zstd finds the repeats.
-                    # The first chunk decides for the segment.
-                    a = encode_chunk(view, transform, width, method, opts.level)
-                    b = encode_chunk(view, planes.NONE, 1, method, opts.level)
-                    smaller = _size(a) < _size(b)
-                    chosen = (transform, width) if smaller else (planes.NONE, 1)
+                    # that repeat themselves, where plain zstd finds the repeats; varints win on
+                    # those that repeat and are mostly small (token shards). The start of the
+                    # segment decides for all of it.
+                    trial = view[:TRIAL_BYTES]
+                    tried = {(t, w): encode_chunk(trial, t, w, method, opts.level)
+                             for t, w in ((transform, width), (planes.NONE, 1),
+                                          (planes.VARINT, width))}
+                    chosen = min(tried, key=lambda k: _size(tried[k]))
+                if transform == planes.BYTES and len(trial) == len(view):
                     flush()  # frames are written in order
                     done: Future = Future()
-                    done.set_result([a if smaller else b])
+                    done.set_result([tried[chosen]])
                     pending.append((done, [(raw_pos, len(data), seg)]))
                     raw_pos += len(data)
                     if progress:
@@ -402,7 +422,8 @@ def write(
 def _account(stats: Stats, seg: int, head: bytes) -> None:
     """Add a frame's raw and stored bytes per plane to ``stats``, from its header."""
     t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(head, 1)
-    per_plane = raw_len // w if t != planes.NONE else raw_len
+    per_plane = raw_len // w if planes.plane_count(t, w) > 1 else raw_len
+    stats.transforms.setdefault(seg, set()).add(t)
     for k in range(n):
         _, stored = _PLANE.unpack_from(head, 1 + _CHUNK.size + k * _PLANE.size)
         acc = stats.planes.setdefault((seg, k), [0, 0])
