@@ -10,8 +10,8 @@ Seven tables, no targets (exit status 0 unless something fails to round-trip):
 3. Independent chunks against one whole-file frame, zstd alone, on the standard library's text
    and the token shard: what each chunk size and level gives up in ratio, and at what speed;
    and what might win it back inside 1 MiB chunks: match finders between level 3 and 5, a
-   zstd dictionary built from the input (sampled as RocksDB does, or trained), and for the
-   token shard thrifty's varint transform.
+   zstd dictionary built from the input (sampled as RocksDB does, or trained), and thrifty's
+   own transforms: varints for the token shard, words for the text.
 4. What a second thread buys on this machine: the same 1 MiB chunks of MiniLM's bf16 weights
    coded by one thread, then split between two plain threads (no pool, nothing shared), for
    zstd alone and for thrifty's per-chunk coding; beside it thrifty's and ZipNN's own
@@ -205,6 +205,13 @@ def chunk_rows(name: str, data: bytes, width: int | None = None) -> list[str]:
     if width:
         variants.append(("chunks of 1 MiB, varint (thrifty's transform), then level 3", 1 << 20,
                          lambda: (_Varint(width), 0)))
+    else:
+        variants += [
+            ("chunks of 1 MiB, words (thrifty's transform), then level 3", 1 << 20,
+             lambda: (_Words(3), 0)),
+            ("chunks of 1 MiB, words, then zstd fast, hash log 14, min match 5 (thrifty's)", 1 << 20,
+             lambda: (_Words(codecs.IDS), 0)),
+        ]
     rows = []
     for label, size, make in variants:
         def run(_=None, size=size, make=make):
@@ -224,6 +231,17 @@ class _Varint:
 
     def compress(self, chunk: bytes) -> bytes:
         return self.z.compress(planes.split(chunk, planes.VARINT, self.width)[0])
+
+
+class _Words:
+    """A chunk as thrifty's words transform and zstd code it: vocabulary and stream apart."""
+
+    def __init__(self, level: int):
+        self.level = level
+
+    def compress(self, chunk: bytes) -> bytes:
+        return b"".join(codecs.encode(p, codecs.ZSTD, self.level)
+                        for p in planes.split(chunk, planes.WORDS, 1))
 
 
 SCALE_HEAD = ["| work on MiniLM bf16 | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]

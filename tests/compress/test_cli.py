@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,6 +263,16 @@ def test_token_shards_as_npy_and_raw(tmp_path):
     assert next(s for s in info["segments"] if s["dtype"] == "U16")["coding"] == "varint"
     thrifty("decompress", str(tmp_path / "typed.thz"), "-o", str(tmp_path / "back.bin"))
     assert (tmp_path / "back.bin").read_bytes() == tokens.tobytes()
+
+
+def test_text_is_coded_as_words_and_inspect_says_so(tmp_path):
+    source = Path(sysconfig.get_paths()["stdlib"]) / "typing.py"  # about 100 KB of Python
+    (tmp_path / "typing.py").write_bytes(source.read_bytes())
+    thrifty("compress", str(tmp_path / "typing.py"))
+    info = json.loads(thrifty("inspect", str(tmp_path / "typing.py.thz"), "--json").stdout)
+    assert [s["coding"] for s in info["segments"]] == ["words"]
+    thrifty("decompress", str(tmp_path / "typing.py.thz"), "-o", str(tmp_path / "back.py"))
+    assert (tmp_path / "back.py").read_bytes() == source.read_bytes()
 
 
 def test_inspect_shows_ratio_per_tensor_and_plane(weights, tmp_path):

@@ -20,6 +20,8 @@ from thrifty.compress import container, planes
 from thrifty.errors import ThriftyError
 
 SMALL = dict(chunk_size=4096)  # many chunks from little data
+_STDLIB = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+_STDLIB_TEXT = b"".join(p.read_bytes() for p in _STDLIB[:40])  # about 1 MB of Python
 
 
 def _float_bytes(n: int, dtype: torch.dtype, seed: int = 0) -> bytes:
@@ -153,10 +155,100 @@ def test_varint_decoders_refuse_a_stream_that_does_not_hold_the_values(stream, v
         planes.merge([stream], planes.VARINT, 2, bytearray(2 * values))
 
 
+@pytest.mark.parametrize("text", [
+    b"", b"a", b" ", b"  ", b"\x00", b"\x00\x00 x", b"\xff", b"\xc3\xa9t\xc3\xa9 caf\xc3\xa9",
+    b"def f(x):\n    return x  + x\n", b"a" * 64, b"a" * 63 + b" ", b"  " * 32, b"\t\n" * 40 + b"z",
+    b"x" * 100 + b"  " + b"y" * 20,
+    # same length and the same first and last 8 bytes: told apart by the middle
+    b"abcdefgh1ijklmnop abcdefgh2ijklmnop abcdefgh1ijklmnop",
+])
+def test_words_round_trip(text, impl):
+    parts = planes.split(text, planes.WORDS, 1)
+    out = bytearray(len(text))
+    planes.merge([bytes(p) for p in parts], planes.WORDS, 1, out)
+    assert bytes(out) == text
+
+
+def test_words_are_a_vocabulary_and_a_stream(impl):
+    """The layout docs/format.md gives: most frequent first, each token then a 0 byte; codes in
+    place of tokens, other bytes as they are."""
+    vocab, stream = planes.split(b"x(y) = x  ", planes.WORDS, 1)
+    assert bytes(vocab) == b"x\0y\0  \0"
+    assert bytes(stream) == b"\x80(\x81) = \x80\x82"
+    # places from 64 on take a second byte, from 8192 a third (64 + 7 bits, then 7 more)
+    for distinct, last in ((64, b"\xbf"), (65, b"\xc0\x01"), (8192, b"\xff\x7f"),
+                           (8193, b"\xc0\x80\x01")):
+        words = b" ".join(b"w%d" % i for i in range(distinct))  # each once: in order of appearance
+        assert bytes(planes.split(words, planes.WORDS, 1)[1]).endswith(b" " + last)
+
+
+def test_words_past_a_million_distinct_tokens_round_trip():
+    """Places from 2^20 on take the compiled coder's slower path."""
+    text = b" ".join(b"%x" % i for i in range((1 << 20) + 5000))
+    vocab, stream = planes.compiled.words_encode(text)
+    assert bytes(stream)[-4:-3] >= b"\xc0"  # the last code has more than three bytes
+    out = bytearray(len(text))
+    planes.compiled.words_decode(vocab, stream, out)
+    assert bytes(out) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600).map(lambda b: bytes(b" \t\nab_(\x00\xff"[x % 9] for x in b)))
+def test_compiled_words_match_python_byte_for_byte(text):
+    ours = planes.compiled.words_encode(text)
+    assert ours == planes.words_encode_python(text)
+    a, b = bytearray(len(text)), np.full(len(text), 7, np.uint8)
+    planes.compiled.words_decode(*ours, a)
+    planes.words_decode_python(*ours, b)
+    assert bytes(a) == b.tobytes() == text
+
+
+@pytest.mark.parametrize("vocab,stream,size,message", [
+    (b"ab", b"\x80", 2, "does not end with a 0 byte"),
+    (b"a\0", b"\x81", 1, "past the end of the vocabulary"),
+    (b"a\0", b"\xc0", 1, "not well formed"),  # a code cut short
+    (b"a\0", b"\xc0\x80", 1, "not well formed"),
+    (b"a\0", b"\x80\x80", 1, "more text than the chunk holds"),
+    (b"a\0", b"xyz", 2, "more text than the chunk holds"),
+    (b"a\0", b"\x80", 2, "less text than the chunk holds"),
+])
+def test_words_decoders_refuse_what_does_not_make_the_chunk(vocab, stream, size, message, impl):
+    with pytest.raises(ValueError, match=message):
+        planes.merge([vocab, stream], planes.WORDS, 1, bytearray(size))
+
+
+def test_text_is_coded_as_words_where_that_pays():
+    text = _STDLIB_TEXT  # about 1 MB: one chunk
+    blob = compress.compress_bytes(text)
+    assert _transforms(blob) == {planes.WORDS}
+    assert bytes(compress.decompress_bytes(blob, threads=2)) == text
+    plain = container._size(container.encode_chunk(memoryview(text), planes.NONE, 1, 1, 3))
+    assert len(blob) < 0.97 * plain  # 0.952 when written
+    many = compress.compress_bytes(text, chunk_size=1 << 18, threads=2)  # four chunks
+    assert _transforms(many) == {planes.WORDS}
+    assert bytes(compress.decompress_bytes(many, threads=2)) == text
+    # not where the codec is not zstd, nor on bytes that are not text
+    for codec in ("lz4", "zlib"):
+        assert _transforms(compress.compress_bytes(text, codec=codec, **SMALL)) == {planes.NONE}
+    noise = np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
+    assert _transforms(compress.compress_bytes(noise, **SMALL)) == {planes.NONE}
+
+
+def test_a_words_chunk_that_does_not_decode_is_named():
+    import xxhash
+
+    raw = b"ab"
+    vocab, stream = b"ab\0", b"\x81"
+    payload = vocab + stream
+    chunk = container.Chunk(0, 0, 0, len(raw), planes.WORDS, 1, xxhash.xxh3_64_intdigest(raw),
+                            xxhash.xxh3_64_intdigest(payload), [(0, 3), (0, 1)], payload)
+    with pytest.raises(ThriftyError, match="does not decode .*past the end of the vocabulary"):
+        container.decode_chunk(chunk)
+
+
 def _words_as_ids(limit: int) -> np.ndarray:
     """Token ids as a tokenizer makes them: the stdlib's words numbered by frequency."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    text = b"".join(p.read_bytes() for p in sorted(stdlib.glob("*.py")))[:limit]
+    text = b"".join(p.read_bytes() for p in _STDLIB)[:limit]
     words = re.findall(rb"\w+|[^\w\s]|\s+", text)
     rank = {w: i for i, (w, _) in enumerate(collections.Counter(words).most_common())}
     return np.array([rank[w] for w in words], dtype=np.uint16)
@@ -506,6 +598,8 @@ def test_archive_reads_any_byte_range():
 
 _inputs = st.one_of(
     st.binary(max_size=20_000),
+    st.tuples(st.integers(0, len(_STDLIB_TEXT)), st.integers(0, 20_000)).map(
+        lambda a: _STDLIB_TEXT[a[0]:a[0] + a[1]]),  # text: coded as words
     st.integers(0, 30_000).map(lambda n: _float_bytes(n, torch.bfloat16, seed=n)),
     st.integers(0, 10_000).map(lambda n: _float_bytes(n, torch.float32, seed=n)),
 )

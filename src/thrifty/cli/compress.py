@@ -356,7 +356,8 @@ def _inspect(path: str) -> dict:
     h = archive.header
     starts = {t.offset: t for t in archive.tensors}
     rows, other = [], {"name": "(other bytes)", "dtype": "", "shape": [], "bytes": 0, "stored": 0,
-                       "coding": "plain", "planes": [], "segments": 0}
+                       "coding": "", "planes": [], "segments": 0}
+    other_codings: set[int] = set()
     for i, seg in enumerate(archive.segments):
         per_plane = [stats.planes.get((i, k), [0, 0]) for k in range(8) if (i, k) in stats.planes]
         stored = sum(s for _, s in per_plane)
@@ -365,6 +366,7 @@ def _inspect(path: str) -> dict:
             other["bytes"] += seg.length
             other["stored"] += stored
             other["segments"] += 1
+            other_codings.update(stats.transforms.get(i, ()))
             continue
         tensor = starts.get(seg.offset)
         inside = sum(1 for t in archive.tensors if seg.offset <= t.offset < seg.offset + seg.length)
@@ -377,8 +379,10 @@ def _inspect(path: str) -> dict:
             "coding": coding, "planes": [{"bytes": r, "stored": s} for r, s in per_plane],
         })
     if other["segments"] or not rows:
-        if not archive.segments:  # a stream: one run of plain chunks
+        if not archive.segments:  # a stream: one run of chunks, plain or words
             other["bytes"], other["stored"] = stats.original, sum(s for _, s in stats.planes.values())
+            other_codings.update(stats.transforms.get(0, ()))
+        other["coding"] = "+".join(planes.NAMES[t] for t in sorted(other_codings)) or "plain"
         other["planes"] = [{"bytes": other["bytes"], "stored": other["stored"]}]
         rows.append(other)
     return {"file": path, "kind": h["kind"], "codec": h["codec"], "level": h["level"],

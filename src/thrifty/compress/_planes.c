@@ -15,6 +15,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 enum { FLOAT = 1, BYTES = 2, MAX_WIDTH = 8 };
 
@@ -331,10 +333,406 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- words
+ *
+ * Text as a vocabulary and a stream (planes.py has the reasons). The vocabulary's tokens are
+ * the chunk's maximal runs of ASCII word bytes [A-Za-z0-9_], its maximal runs of two or more
+ * ASCII whitespace bytes [\t\n\v\f\r ], and each byte from 0x80 up. Each distinct token is
+ * listed once, most frequent first (ties in order of first appearance; counts above WORDS_CAP
+ * count as WORDS_CAP), followed by a 0 byte; a token's first byte may itself be 0, no later
+ * byte can be. The stream is the chunk with every such token replaced by a code for its place
+ * r in the vocabulary: a first byte 0x80 | more << 6 | (r & 63), then, when more is set, r >> 6
+ * as an unsigned LEB128 varint. Every other byte of the chunk is below 0x80 and is in the
+ * stream as it is, so a byte of the stream from 0x80 up always starts a code. */
+
+enum { OTHER = 0, WORD = 1, SPACE = 2, HIGH = 3, WORDS_CAP = 4096 };
+
+static inline uint8_t class_of(uint8_t c)
+{
+    /* | rather than ||: no branches, so that loops over a chunk vectorise */
+    uint8_t word = ((uint8_t)((c | 0x20) - 'a') < 26) | ((uint8_t)(c - '0') < 10) | (c == '_');
+    uint8_t space = (c == ' ') | ((uint8_t)(c - '\t') < 5);
+    return (uint8_t)(word | space << 1 | (c >> 7) * HIGH);
+}
+
+/* Whether a token starts at i, given the classes of the bytes before (p), at (c) and after (q)
+ * i; and whether one ends just before i, given the classes of the two bytes before (pp, p) and
+ * the one at i (c). OTHER stands in for bytes outside the chunk. */
+static inline uint8_t starts_at(uint8_t p, uint8_t c, uint8_t q)
+{
+    return (uint8_t)(((c == WORD) & (p != WORD)) | ((c == SPACE) & (p != SPACE) & (q == SPACE))
+                     | (c == HIGH));
+}
+static inline uint8_t ends_before(uint8_t pp, uint8_t p, uint8_t c)
+{
+    return (uint8_t)(((p == WORD) & (c != WORD)) | ((p == SPACE) & (c != SPACE) & (pp == SPACE))
+                     | (p == HIGH));
+}
+
+/* Eight flags (bytes of 0 or 1) as the eight low bits of an integer, by one multiplication. */
+static inline uint64_t pack8(const uint8_t *flags)
+{
+    uint64_t x;
+    memcpy(&x, flags, 8);
+    return (x * 0x0102040810204080ull) >> 56;  /* little-endian hosts */
+}
+
+/* The vocabulary tokens of s[0:n]: their starts into first and their ends into last (each with
+ * room for n + 1); returns how many. 64 bytes at a time: their classes, then a flag per byte
+ * where a token starts and one where a token ends, as bit masks (these loops vectorise), then a
+ * count of trailing zeros per token. A scan to each token's end would mispredict once a token,
+ * which cost more than all the rest. */
+static size_t find_tokens(const uint8_t *s, size_t n, uint32_t *first, uint32_t *last)
+{
+    size_t a = 0, b = 0;
+    /* c[k + 2] is the class of byte i + k; OTHER stands for the bytes outside the chunk */
+    uint8_t c[64 + 3], sf[64], ef[64];
+    for (size_t i = 0; i < n; i += 64) {
+        size_t m = n - i < 64 ? n - i : 64;
+        c[0] = i >= 2 ? class_of(s[i - 2]) : OTHER;
+        c[1] = i >= 1 ? class_of(s[i - 1]) : OTHER;
+        if (m == 64) {
+            for (int k = 0; k < 64; k++)
+                c[k + 2] = class_of(s[i + k]);
+        } else {
+            for (size_t k = 0; k < 64; k++)
+                c[k + 2] = k < m ? class_of(s[i + k]) : OTHER;
+        }
+        c[66] = i + 64 < n ? class_of(s[i + 64]) : OTHER;
+        for (int k = 0; k < 64; k++) {
+            sf[k] = starts_at(c[k + 1], c[k + 2], c[k + 3]);
+            ef[k] = ends_before(c[k], c[k + 1], c[k + 2]);
+        }
+        uint64_t starts = 0, ends = 0;
+        for (int g = 0; g < 8; g++) {
+            starts |= pack8(sf + 8 * g) << 8 * g;
+            ends |= pack8(ef + 8 * g) << 8 * g;
+        }
+        if (m < 64) {  /* positions past the end start nothing; n itself may end a token */
+            starts &= (1ull << m) - 1;
+            ends &= (2ull << m) - 1;
+        }
+        for (; starts; starts &= starts - 1)
+            first[a++] = (uint32_t)(i + (size_t)__builtin_ctzll(starts));
+        for (; ends; ends &= ends - 1)
+            last[b++] = (uint32_t)(i + (size_t)__builtin_ctzll(ends));
+    }
+    if (n % 64 == 0 && n && ends_before(n >= 2 ? class_of(s[n - 2]) : OTHER, class_of(s[n - 1]), OTHER))
+        last[b++] = (uint32_t)n;  /* the end of the chunk, past the last whole block */
+    return a;  /* == b */
+}
+
+/* A token's identity in the hash table: its first 8 bytes (zeros past its end), its length,
+ * and for longer tokens its last 8 bytes. Tokens that agree on all three are compared whole. */
+static const uint64_t KEEP[9] = {0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFull,
+                                 0xFFFFFFFFFFFFull, 0xFFFFFFFFFFFFFFull, ~0ull};
+#define MIX1 0x9E3779B97F4A7C15ull
+#define MIX2 0xC2B2AE3D27D4EB4Full
+
+/* The first 8 bytes of the token at s[i:i+len] (of a chunk of n bytes), and its hash, with one
+ * load each and no branch where the chunk has 8 bytes from i on (little-endian hosts; a
+ * big-endian one keeps other bytes, which changes nothing but the hash). */
+static inline uint64_t token_key(const uint8_t *s, size_t i, size_t len, size_t n, uint64_t *hash,
+                                 uint64_t *tail_out)
+{
+    uint64_t key = 0, tail = 0;
+    if (i + 8 <= n) {
+        memcpy(&key, s + i, 8);
+        key &= KEEP[len < 8 ? len : 8];
+        memcpy(&tail, s + (len > 8 ? i + len - 8 : i), 8);
+        tail &= 0 - (uint64_t)(len > 8);
+    } else {  /* the chunk's last few bytes: a token shorter than 8 */
+        memcpy(&key, s + i, len);
+    }
+    *hash = ((key ^ (uint64_t)len << 56) * MIX1 ^ tail * MIX2) >> 32;  /* 32 bits */
+    *tail_out = tail;
+    return key;
+}
+
+/* A table slot: the token's hash and its vocabulary entry (-1: empty). Eight bytes, so that
+ * the table stays in the core's own cache; the entry's key, tail and length, which say whether
+ * it is really the token, are looked up only when the hashes agree. */
+struct slot {
+    uint32_t hash;
+    int32_t d;
+};
+
+static struct slot *new_table(size_t slots)
+{
+    struct slot *table = malloc(slots * sizeof *table);
+    if (table)
+        for (size_t e = 0; e < slots; e++)
+            table[e].d = -1;
+    return table;
+}
+
+struct entries {
+    uint32_t *count, *start, *size;
+    uint64_t *key, *tail;
+};
+
+/* Each token's vocabulary entry (numbered in order of first appearance) into tok, and per
+ * entry its count, the start of its first appearance, its size, key and tail (room for t
+ * each); returns the number of entries, or -1 when out of memory. Open addressing, the table
+ * at most half full. */
+static Py_ssize_t lookup(const uint8_t *s, size_t n, const uint32_t *first, const uint32_t *last,
+                         size_t t, uint32_t *tok, struct entries v)
+{
+    size_t slots = 1 << 12, nv = 0;
+    struct slot *table = new_table(slots);
+    if (!table)
+        return -1;
+    for (size_t k = 0; k < t; k++) {
+        size_t i = first[k], len = last[k] - i;
+        uint64_t h, tail, key = token_key(s, i, len, n, &h, &tail);
+        size_t slot = h & (slots - 1);
+        int32_t d;
+        for (;; slot = (slot + 1) & (slots - 1)) {
+            struct slot e = table[slot];
+            d = e.d;
+            if (d < 0 || (e.hash == (uint32_t)h && v.key[d] == key && v.tail[d] == tail
+                          && v.size[d] == len && (len <= 16 || !memcmp(s + v.start[d], s + i, len))))
+                break;
+        }
+        if (d < 0) {  /* a new token */
+            d = (int32_t)nv++;
+            v.count[d] = 0, v.start[d] = (uint32_t)i, v.size[d] = (uint32_t)len;
+            v.key[d] = key, v.tail[d] = tail;
+            table[slot] = (struct slot){(uint32_t)h, d};
+            if (2 * nv > slots) {
+                size_t bigger = 2 * slots;
+                struct slot *t2 = new_table(bigger);
+                if (!t2) {
+                    free(table);
+                    return -1;
+                }
+                for (size_t e = 0; e < slots; e++) {
+                    if (table[e].d < 0)
+                        continue;
+                    size_t q = table[e].hash & (bigger - 1);
+                    while (t2[q].d >= 0)
+                        q = (q + 1) & (bigger - 1);
+                    t2[q] = table[e];
+                }
+                free(table);
+                table = t2;
+                slots = bigger;
+            }
+        }
+        v.count[d]++;
+        tok[k] = (uint32_t)d;
+    }
+    free(table);
+    return (Py_ssize_t)nv;
+}
+
+/* The code for place r: 0x80 | more << 6 | (r & 63), then r >> 6 as LEB128 when more is set.
+ * Up to 3 bytes (r below 2^20) without a branch: the output has room for 3 more. */
+static inline uint8_t *put_code(uint8_t *o, uint32_t r)
+{
+    if (r < 1u << 20) {
+        uint32_t m1 = r >= 64, m2 = r >= 8192;
+        o[0] = (uint8_t)(0x80 | m1 << 6 | (r & 63));
+        o[1] = (uint8_t)((r >> 6 & 0x7F) | m2 << 7);
+        o[2] = (uint8_t)(r >> 13);
+        return o + 1 + m1 + m2;
+    }
+    *o++ = (uint8_t)(0xC0 | (r & 63));
+    for (r >>= 6; r >= 0x80; r >>= 7)
+        *o++ = (uint8_t)(r | 0x80);
+    *o++ = (uint8_t)r;
+    return o;
+}
+
+/* Copy len bytes, as one fixed 16-byte copy where both sides have 16 bytes of room: the bytes
+ * past len are overwritten later (the callers fill their output front to back). */
+static inline void copy_short(uint8_t *dst, size_t dst_room, const uint8_t *src, size_t src_room,
+                              size_t len)
+{
+    if (len <= 16 && dst_room >= 16 && src_room >= 16)
+        memcpy(dst, src, 16);
+    else
+        memcpy(dst, src, len);
+}
+
+/* words_encode(text) -> (vocabulary, stream) */
+static PyObject *words_encode(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    PyObject *result = NULL, *vocab_out = NULL, *stream_out = NULL;
+    const uint8_t *s = data.buf;
+    size_t n = (size_t)data.len, t = 0, vbytes = 0;
+    Py_ssize_t nv = -1;
+    /* first and last apart: each stays under glibc's threshold for fresh mappings longer */
+    uint32_t *first = malloc((n + 1) * sizeof *first), *last = malloc((n + 1) * sizeof *last);
+    uint32_t *tok = NULL, *count = NULL, *start = NULL, *size = NULL, *order = NULL;
+    uint64_t *key = NULL, *tail = NULL;
+    uint32_t *bucket = calloc(WORDS_CAP + 1, sizeof *bucket);
+    if (!first || !last || !bucket)
+        goto nomem;
+    Py_BEGIN_ALLOW_THREADS
+    t = find_tokens(s, n, first, last);
+    size_t room = (t + 1) * sizeof(uint32_t);
+    tok = malloc(room), count = malloc(room), start = malloc(room), size = malloc(room);
+    order = malloc(room), key = malloc(2 * room), tail = malloc(2 * room);
+    if (tok && count && start && size && order && key && tail)
+        nv = lookup(s, n, first, last, t, tok, (struct entries){count, start, size, key, tail});
+    if (nv >= 0) {
+        /* ranks: a counting sort on the count (capped), stable in order of first appearance */
+        for (Py_ssize_t d = 0; d < nv; d++)
+            bucket[WORDS_CAP - (count[d] < WORDS_CAP ? count[d] : WORDS_CAP)]++;
+        uint32_t at = 0;
+        for (int b = 0; b <= WORDS_CAP; b++) {
+            uint32_t c = bucket[b];
+            bucket[b] = at;
+            at += c;
+        }
+        for (Py_ssize_t d = 0; d < nv; d++) {
+            uint32_t r = bucket[WORDS_CAP - (count[d] < WORDS_CAP ? count[d] : WORDS_CAP)]++;
+            order[r] = (uint32_t)d;
+            count[d] = r;  /* from here on, each entry's rank */
+            vbytes += size[d] + 1;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (nv < 0)
+        goto nomem;
+    /* the stream: at most every byte, and 5 bytes of code per token; 16 to spare for copies */
+    if (!(vocab_out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)vbytes))
+        || !(stream_out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n + 5 * t + 16))))
+        goto done;
+    uint8_t *vo = (uint8_t *)PyBytes_AS_STRING(vocab_out), *o0 = (uint8_t *)PyBytes_AS_STRING(stream_out);
+    uint8_t *o = o0, *oend = o0 + n + 5 * t + 16;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < nv; r++) {
+        uint32_t d = order[r];
+        memcpy(vo, s + start[d], size[d]);
+        vo += size[d];
+        *vo++ = 0;
+    }
+    size_t pos = 0;  /* the end of the last token written */
+    for (size_t k = 0; k < t; k++) {
+        size_t gap = first[k] - pos;  /* bytes below 0x80 between tokens, as they are */
+        copy_short(o, (size_t)(oend - o), s + pos, n - pos, gap);
+        o = put_code(o + gap, count[tok[k]]);
+        pos = last[k];
+    }
+    memcpy(o, s + pos, n - pos);
+    o += n - pos;
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(&stream_out, o - o0) < 0)
+        goto done;
+    result = PyTuple_Pack(2, vocab_out, stream_out);
+    goto done;
+nomem:
+    PyErr_NoMemory();
+done:
+    Py_XDECREF(vocab_out);
+    Py_XDECREF(stream_out);
+    free(first), free(last), free(tok), free(count), free(start), free(size), free(order);
+    free(key), free(tail), free(bucket);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* The tokens of a vocabulary plane: returns their number, or -1 when it is not well formed. */
+static Py_ssize_t parse_vocab(const uint8_t *p, size_t len, uint32_t *start, uint32_t *size)
+{
+    Py_ssize_t n = 0;
+    for (size_t i = 0; i < len; n++) {
+        /* the first byte is the token's, whatever it is; a 0 after it ends the token */
+        const uint8_t *z = i + 1 < len ? memchr(p + i + 1, 0, len - i - 1) : NULL;
+        if (!z)
+            return -1;
+        size_t j = (size_t)(z - p);
+        start[n] = (uint32_t)i, size[n] = (uint32_t)(j - i);
+        i = j + 1;
+    }
+    return n;
+}
+
+/* words_decode(vocabulary, stream, out): the text rebuilt into out, which it must fill */
+static PyObject *words_decode(PyObject *self, PyObject *args)
+{
+    Py_buffer voc, stream, out;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &voc, &stream, &out))
+        return NULL;
+    PyObject *result = NULL;
+    const char *error = NULL;
+    uint32_t *start = malloc((voc.len / 2 + 1) * sizeof *start);
+    uint32_t *size = malloc((voc.len / 2 + 1) * sizeof *size);
+    if (!start || !size) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *vp = voc.buf, *s = stream.buf, *end = s + stream.len;
+    uint8_t *o = out.buf, *oend = o + out.len;
+    Py_ssize_t nv = parse_vocab(vp, (size_t)voc.len, start, size);
+    if (nv < 0)
+        error = "vocabulary does not end with a 0 byte";
+    while (!error && s < end) {
+        uint8_t b = *s++;
+        if (b < 0x80) {  /* a byte of text as it is */
+            if (o == oend) {
+                error = "the stream makes more text than the chunk holds";
+                break;
+            }
+            *o++ = b;
+            continue;
+        }
+        uint64_t r = b & 63;
+        if (b & 64) {
+            int shift = 6;
+            for (;;) {
+                if (s == end || shift > 34) {
+                    error = "a code in the stream is not well formed";
+                    break;
+                }
+                uint8_t c = *s++;
+                r |= (uint64_t)(c & 0x7F) << shift;
+                if (!(c & 0x80))
+                    break;
+                shift += 7;
+            }
+            if (error)
+                break;
+        }
+        if (r >= (uint64_t)nv) {
+            error = "a code is past the end of the vocabulary";
+            break;
+        }
+        if (size[r] > (size_t)(oend - o)) {
+            error = "the stream makes more text than the chunk holds";
+            break;
+        }
+        copy_short(o, (size_t)(oend - o), vp + start[r], (size_t)voc.len - start[r], size[r]);
+        o += size[r];
+    }
+    if (!error && o != oend)
+        error = "the stream makes less text than the chunk holds";
+    Py_END_ALLOW_THREADS
+    if (error)
+        PyErr_SetString(PyExc_ValueError, error);
+    else if (!PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+done:
+    free(start), free(size);
+    PyBuffer_Release(&voc);
+    PyBuffer_Release(&stream);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS, "split(data, transform, width) -> list of planes (bytes)"},
     {"merge", merge, METH_VARARGS, "merge(planes, transform, width, out): rebuild into out"},
     {"varint_encode", varint_encode, METH_VARARGS, "varint_encode(data, width) -> LEB128 bytes"},
+    {"words_encode", words_encode, METH_VARARGS, "words_encode(text) -> (vocabulary, ids)"},
+    {"words_decode", words_decode, METH_VARARGS,
+     "words_decode(vocabulary, ids, out): the text rebuilt into out, which it must fill"},
     {"varint_decode", varint_decode, METH_VARARGS,
      "varint_decode(stream, width, out): decode exactly len(out) // width values into out"},
     {NULL, NULL, 0, NULL},

@@ -27,6 +27,10 @@ DEFAULT_LEVEL = {ZSTD: 3, LZ4: 0, ZLIB: 6}
 # normal level. MANTISSA planes get a normal level 5: mostly incompressible and fast either way,
 # they hold a few real repeats (values that were once of a narrower type) worth finding.
 EXPONENT, MANTISSA = -100, -101
+# The id plane of the words transform (varints of one to three bytes): zstd's fast strategy with
+# a 64K-entry table and 5-byte matches. Level 3's double-fast search costs a fifth more time for
+# 1.5% of ratio (make bench-compress-limits, table 3).
+IDS = -102
 
 _local = threading.local()
 
@@ -47,6 +51,11 @@ def _compressor(method: int, level: int):
     if c is None:
         if method == ZSTD and level == EXPONENT:
             c = zstandard.ZstdCompressor(compression_params=_plane_params(6))
+        elif method == ZSTD and level == IDS:
+            c = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
+                strategy=zstandard.STRATEGY_FAST, window_log=20, hash_log=14, chain_log=14,
+                search_log=1, min_match=5, target_length=0, write_content_size=True,
+                write_checksum=False))
         elif method == ZSTD and level == MANTISSA:
             c = zstandard.ZstdCompressor(level=5)  # low mantissa bytes: a few real repeats
         elif method == ZSTD:

@@ -213,7 +213,10 @@ def encode_chunk(data: memoryview, transform: int, width: int, method: int, leve
     table, payload = [], []
     for k, plane in enumerate(parts):
         use, lvl = method, level
-        if transform not in (planes.NONE, planes.VARINT) and method != codecs.ZLIB:
+        if transform == planes.WORDS:
+            if method == codecs.ZSTD and level < 10:
+                lvl = codecs.IDS
+        elif transform not in (planes.NONE, planes.VARINT) and method != codecs.ZLIB:
             # Planes go to zstd whatever the chosen codec: lz4 has no entropy stage, and planes
             # are all about entropy. High levels search for matches too; the rest skip that.
             params = codecs.EXPONENT if k == 0 else codecs.MANTISSA
@@ -251,25 +254,27 @@ def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
     if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
         raise ThriftyError("checksum mismatch in its coded data")
     transform, width = chunk.transform, chunk.width
-    if not (planes.usable(transform, width, chunk.raw_len) and transform <= planes.VARINT
+    if not (planes.usable(transform, width, chunk.raw_len) and transform <= planes.WORDS
             and len(chunk.planes) == planes.plane_count(transform, width)):
         raise ThriftyError(f"unknown transform {transform} of width {width} with "
                            f"{len(chunk.planes)} planes")
     parts, pos = [], 0
     n = chunk.raw_len // width if transform != planes.NONE else chunk.raw_len
-    if transform == planes.VARINT:  # a varint plane's length is known only once it is decoded
-        n *= planes.varint_max_bytes(width)
+    exact = transform not in (planes.VARINT, planes.WORDS)
+    # A varint or words plane's length is known only once it is decoded; these bound it (a
+    # vocabulary entry is a token and a 0 byte, an id at most 5 bytes).
+    n *= planes.varint_max_bytes(width) if transform == planes.VARINT else 5 if not exact else 1
     for method, stored in chunk.planes:
         parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n,
-                                   exact=transform != planes.VARINT))
+                                   exact=exact))
         pos += stored
-    if out is None and transform == planes.VARINT:
+    if out is None and not exact:
         out = memoryview(np.empty(chunk.raw_len, np.uint8))
     elif out is not None:
         populate(out)
     try:
         raw = planes.merge(parts, transform, width, out)
-    except ValueError as e:  # a varint stream that does not hold the chunk's values
+    except ValueError as e:  # varints or words that do not make the chunk
         raise ThriftyError(f"does not decode ({e})") from None
     if check_raw and xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
         raise ThriftyError("checksum mismatch after decoding")
@@ -372,25 +377,20 @@ def write(
             if seg != current:  # the first chunk of a segment
                 current = seg
                 chosen = (transform, width)
-                if transform == planes.BYTES:
-                    # Integers: byte planes win on ids that look random and lose on id streams
-                    # that repeat themselves, where plain zstd finds the repeats; varints win on
-                    # those that repeat and are mostly small (token shards). The start of the
-                    # segment decides for all of it.
+                options = _candidates(transform, width, method, view)
+                if len(options) > 1:  # the start of the segment decides for all of it
                     trial = view[:TRIAL_BYTES]
-                    tried = {(t, w): encode_chunk(trial, t, w, method, opts.level)
-                             for t, w in ((transform, width), (planes.NONE, 1),
-                                          (planes.VARINT, width))}
+                    tried = {k: encode_chunk(trial, *k, method, opts.level) for k in options}
                     chosen = min(tried, key=lambda k: _size(tried[k]))
-                if transform == planes.BYTES and len(trial) == len(view):
-                    flush()  # frames are written in order
-                    done: Future = Future()
-                    done.set_result([tried[chosen]])
-                    pending.append((done, [(raw_pos, len(data), seg)]))
-                    raw_pos += len(data)
-                    if progress:
-                        progress(len(data))
-                    continue
+                    if len(trial) == len(view):
+                        flush()  # frames are written in order
+                        done: Future = Future()
+                        done.set_result([tried[chosen]])
+                        pending.append((done, [(raw_pos, len(data), seg)]))
+                        raw_pos += len(data)
+                        if progress:
+                            progress(len(data))
+                        continue
             batch.append((view, *chosen))
             metas.append((raw_pos, len(data), seg))
             batch_bytes += len(data)
@@ -419,6 +419,23 @@ def write(
     return stats
 
 
+def _candidates(transform: int, width: int, method: int, start: memoryview) -> list[tuple[int, int]]:
+    """The transforms worth trying on a segment that starts with ``start``.
+
+    Integers: byte planes win on ids that look random and lose on id streams that repeat
+    themselves, where plain zstd finds the repeats; varints win on those that repeat and are
+    mostly small (token shards). Plain bytes that look like text (nearly all printable ASCII)
+    may do better as words, when zstd codes them."""
+    if transform == planes.BYTES:
+        return [(transform, width), (planes.NONE, 1), (planes.VARINT, width)]
+    if transform == planes.NONE and method == codecs.ZSTD:
+        head = np.frombuffer(start[:4096], dtype=np.uint8)
+        text = np.count_nonzero((head - 32 < 95) | (head - 9 < 5))  # uint8: wraps below 32 / 9
+        if head.size and text >= 0.95 * head.size:
+            return [(planes.NONE, 1), (planes.WORDS, 1)]
+    return [(transform, width)]
+
+
 def _account(stats: Stats, seg: int, head: bytes) -> None:
     """Add a frame's raw and stored bytes per plane to ``stats``, from its header."""
     t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(head, 1)
@@ -426,8 +443,9 @@ def _account(stats: Stats, seg: int, head: bytes) -> None:
     stats.transforms.setdefault(seg, set()).add(t)
     for k in range(n):
         _, stored = _PLANE.unpack_from(head, 1 + _CHUNK.size + k * _PLANE.size)
-        acc = stats.planes.setdefault((seg, k), [0, 0])
-        acc[0] += per_plane
+        # words: the vocabulary and the ids together stand for the text, so count them as one
+        acc = stats.planes.setdefault((seg, 0 if t == planes.WORDS else k), [0, 0])
+        acc[0] += per_plane if t != planes.WORDS or k == 0 else 0
         acc[1] += stored
 
 

@@ -24,7 +24,9 @@ place where it can, three to eight times slower.
 
 from __future__ import annotations
 
+import collections
 import math
+import re
 
 import numpy as np
 
@@ -33,13 +35,13 @@ try:
 except ImportError:  # installed without a C compiler
     compiled = None
 
-NONE, FLOAT, BYTES, VARINT = 0, 1, 2, 3
-NAMES = {NONE: "plain", FLOAT: "float-planes", BYTES: "byte-planes", VARINT: "varint"}
+NONE, FLOAT, BYTES, VARINT, WORDS = 0, 1, 2, 3, 4
+NAMES = {NONE: "plain", FLOAT: "float-planes", BYTES: "byte-planes", VARINT: "varint", WORDS: "words"}
 _WIDTHS = (2, 4, 8)
 
 
 def plane_count(transform: int, width: int) -> int:
-    return 1 if transform in (NONE, VARINT) else width
+    return 1 if transform in (NONE, VARINT) else 2 if transform == WORDS else width
 
 
 def varint_max_bytes(width: int) -> int:
@@ -47,7 +49,9 @@ def varint_max_bytes(width: int) -> int:
 
 
 def usable(transform: int, width: int, nbytes: int) -> bool:
-    return transform == NONE or (width in _WIDTHS and nbytes % width == 0 and nbytes > 0)
+    if transform in (NONE, WORDS):
+        return width == 1 and (transform == NONE or nbytes > 0)
+    return width in _WIDTHS and nbytes % width == 0 and nbytes > 0
 
 
 def split(data: memoryview | bytes, transform: int, width: int) -> list:
@@ -57,6 +61,8 @@ def split(data: memoryview | bytes, transform: int, width: int) -> list:
     if transform == VARINT:
         return [compiled.varint_encode(data, width) if compiled is not None
                 else varint_encode_numpy(data, width)]
+    if transform == WORDS:
+        return list(compiled.words_encode(data) if compiled is not None else words_encode_python(data))
     if compiled is not None:
         return compiled.split(data, transform, width)
     return split_numpy(data, transform, width)
@@ -95,6 +101,12 @@ def merge(planes: list[bytes | memoryview], transform: int, width: int, out=None
             compiled.varint_decode(planes[0], width, out)
         else:
             varint_decode_numpy(planes[0], width, np.frombuffer(out, dtype=np.uint8))
+        return memoryview(out)
+    if transform == WORDS:
+        if compiled is not None:
+            compiled.words_decode(planes[0], planes[1], out)
+        else:
+            words_decode_python(planes[0], planes[1], out)
         return memoryview(out)
     n = len(planes[0])
     dst = np.empty(n * (width if transform != NONE else 1), np.uint8) if out is None else \
@@ -167,6 +179,69 @@ def varint_decode_numpy(stream, width: int, dst: np.ndarray) -> None:
         raise ValueError(f"varint {int(np.argmax(bad)) + 1} does not fit in {width} bytes")
     parts = (b & 0x7F).astype(np.uint64) << (7 * j).astype(np.uint64)
     dst.view(f"<u{width}")[:] = np.add.reduceat(parts, first).astype(f"<u{width}")
+
+
+# The words transform (docs/format.md has it exactly): runs of ASCII word bytes, runs of two or
+# more ASCII whitespace bytes, and bytes from 0x80 up are tokens; everything else is literal.
+_TOKENS = re.compile(rb"[A-Za-z0-9_]+|[\t\n\x0b\x0c\r ]{2,}|[\x80-\xff]")
+# In the stream: a code without more bytes, a code with them (LEB128, ending below 0x80),
+# literal bytes, or else a code cut short.
+_STREAM = re.compile(rb"([\x80-\xbf])|([\xc0-\xff][\x80-\xff]*[\x00-\x7f])|([\x00-\x7f]+)|(.+)",
+                     re.S)
+WORDS_CAP = 4096
+
+
+def _code(r: int) -> bytes:
+    more = r >> 6
+    return bytes([0x80 | (more > 0) << 6 | r & 63]) + (varint_encode_numpy(
+        np.array([more], "<u8").tobytes(), 8) if more else b"")
+
+
+def words_encode_python(data) -> tuple[bytes, bytes]:
+    """The words planes of ``data``, as the compiled coder makes them, byte for byte."""
+    data = bytes(data)
+    found = list(_TOKENS.finditer(data))
+    counts = collections.Counter(m.group() for m in found)  # in order of first appearance
+    vocab = sorted(counts, key=lambda w: -min(counts[w], WORDS_CAP))  # stable: ties keep order
+    code = {w: _code(r) for r, w in enumerate(vocab)}
+    stream, pos = [], 0
+    for m in found:
+        stream += [data[pos:m.start()], code[m.group()]]
+        pos = m.end()
+    stream.append(data[pos:])
+    return b"".join(w + b"\0" for w in vocab), b"".join(stream)
+
+
+def words_decode_python(vocab, stream, out) -> None:
+    """:func:`words_encode_python` undone into ``out``, with the compiled decoder's checks."""
+    vocab, tokens, i = bytes(vocab), [], 0
+    while i < len(vocab):
+        end = vocab.find(b"\0", i + 1)  # a token's first byte is its own, whatever it is
+        if end < 0:
+            raise ValueError("vocabulary does not end with a 0 byte")
+        tokens.append(vocab[i:end])
+        i = end + 1
+    text = []
+    for one, more, literal, cut in _STREAM.findall(bytes(stream)):
+        if literal:
+            text.append(literal)
+            continue
+        if cut:
+            raise ValueError("a code in the stream is not well formed")
+        r = one[0] & 63 if one else more[0] & 63 | _leb128(more[1:]) << 6
+        if r >= len(tokens):
+            raise ValueError("a code is past the end of the vocabulary")
+        text.append(tokens[r])
+    text = b"".join(text)
+    dst = np.frombuffer(out, dtype=np.uint8)
+    if len(text) != dst.size:
+        raise ValueError(f"the stream makes {'more' if len(text) > dst.size else 'less'} text than "
+                         "the chunk holds")
+    dst[:] = np.frombuffer(text, dtype=np.uint8)
+
+
+def _leb128(b: bytes) -> int:
+    return sum((x & 0x7F) << 7 * k for k, x in enumerate(b))
 
 
 def _rebuild(value: np.ndarray, ps: list[np.ndarray], width: int) -> None:
