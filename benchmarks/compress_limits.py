@@ -83,15 +83,7 @@ def decode_row(name: str, data: bytes, dtype: str) -> str:
     chunks = list(container.Reader(_ViewReader(memoryview(blob)), "x").chunks())
 
     def stage_planes(_=None):
-        out = []
-        for c in chunks:
-            n = c.raw_len // c.width if c.transform != planes.NONE else c.raw_len
-            pos, parts = 0, []
-            for method, stored in c.planes:
-                parts.append(codecs.decode(memoryview(c.payload)[pos:pos + stored], method, n))
-                pos += stored
-            out.append(parts)
-        return out
+        return [container.decode_planes(c) for c in chunks]
 
     decoded = stage_planes()
     target = np.empty(len(data), dtype=np.uint8)

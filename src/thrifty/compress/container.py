@@ -245,14 +245,8 @@ def _size(frame: list) -> int:
     return sum(memoryview(p).nbytes for p in frame)
 
 
-def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
-    """The raw bytes of ``chunk``, written into ``out`` (a part of a :func:`new_buffer` as long
-    as the chunk's raw bytes) when given; raises ThriftyError when anything does not check
-    out. A caller that checks the whole file's digest may skip each chunk's digest of its
-    decoded bytes (``check_raw``): the payload digest still names a damaged chunk, and the
-    whole-file digest catches any chunk that decoded wrongly, or out of place."""
-    if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
-        raise ThriftyError("checksum mismatch in its coded data")
+def decode_planes(chunk: Chunk) -> list:
+    """The planes of ``chunk`` as its codings decode them (before the transform is undone)."""
     transform, width = chunk.transform, chunk.width
     if not (planes.usable(transform, width, chunk.raw_len) and transform <= planes.WORDS
             and len(chunk.planes) == planes.plane_count(transform, width)):
@@ -262,13 +256,26 @@ def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
     n = chunk.raw_len // width if transform != planes.NONE else chunk.raw_len
     exact = transform not in (planes.VARINT, planes.WORDS)
     # A varint or words plane's length is known only once it is decoded; these bound it (a
-    # vocabulary entry is a token and a 0 byte, an id at most 5 bytes).
+    # vocabulary entry is a token and a 0 byte, a code at most 5 bytes).
     n *= planes.varint_max_bytes(width) if transform == planes.VARINT else 5 if not exact else 1
     for method, stored in chunk.planes:
         parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n,
                                    exact=exact))
         pos += stored
-    if out is None and not exact:
+    return parts
+
+
+def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
+    """The raw bytes of ``chunk``, written into ``out`` (a part of a :func:`new_buffer` as long
+    as the chunk's raw bytes) when given; raises ThriftyError when anything does not check
+    out. A caller that checks the whole file's digest may skip each chunk's digest of its
+    decoded bytes (``check_raw``): the payload digest still names a damaged chunk, and the
+    whole-file digest catches any chunk that decoded wrongly, or out of place."""
+    if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
+        raise ThriftyError("checksum mismatch in its coded data")
+    parts = decode_planes(chunk)
+    transform, width = chunk.transform, chunk.width
+    if out is None and transform in (planes.VARINT, planes.WORDS):  # these need their buffer
         out = memoryview(np.empty(chunk.raw_len, np.uint8))
     elif out is not None:
         populate(out)
