@@ -369,12 +369,33 @@ static inline uint8_t ends_before(uint8_t pp, uint8_t p, uint8_t c)
                      | (p == HIGH));
 }
 
+/* 8 bytes as a little-endian integer, whatever the host's byte order. */
+static inline uint64_t load_le64(const uint8_t *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    return x;
+}
+
 /* Eight flags (bytes of 0 or 1) as the eight low bits of an integer, by one multiplication. */
 static inline uint64_t pack8(const uint8_t *flags)
 {
-    uint64_t x;
-    memcpy(&x, flags, 8);
-    return (x * 0x0102040810204080ull) >> 56;  /* little-endian hosts */
+    return (load_le64(flags) * 0x0102040810204080ull) >> 56;
+}
+
+static inline int trailing_zeros(uint64_t x)  /* x is not 0 */
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctzll(x);
+#else
+    int n = 0;
+    for (; !(x & 1); x >>= 1)
+        n++;
+    return n;
+#endif
 }
 
 /* The vocabulary tokens of s[0:n]: their starts into first and their ends into last (each with
@@ -413,9 +434,9 @@ static size_t find_tokens(const uint8_t *s, size_t n, uint32_t *first, uint32_t 
             ends &= (2ull << m) - 1;
         }
         for (; starts; starts &= starts - 1)
-            first[a++] = (uint32_t)(i + (size_t)__builtin_ctzll(starts));
+            first[a++] = (uint32_t)(i + (size_t)trailing_zeros(starts));
         for (; ends; ends &= ends - 1)
-            last[b++] = (uint32_t)(i + (size_t)__builtin_ctzll(ends));
+            last[b++] = (uint32_t)(i + (size_t)trailing_zeros(ends));
     }
     if (n % 64 == 0 && n && ends_before(n >= 2 ? class_of(s[n - 2]) : OTHER, class_of(s[n - 1]), OTHER))
         last[b++] = (uint32_t)n;  /* the end of the chunk, past the last whole block */
@@ -429,20 +450,19 @@ static const uint64_t KEEP[9] = {0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF, 0xFFFFFF
 #define MIX1 0x9E3779B97F4A7C15ull
 #define MIX2 0xC2B2AE3D27D4EB4Full
 
-/* The first 8 bytes of the token at s[i:i+len] (of a chunk of n bytes), and its hash, with one
- * load each and no branch where the chunk has 8 bytes from i on (little-endian hosts; a
- * big-endian one keeps other bytes, which changes nothing but the hash). */
+/* The first 8 bytes of the token at s[i:i+len] (of a chunk of n bytes) as a little-endian
+ * integer, zeros past the token's end, and its hash: one load each and no branch where the
+ * chunk has 8 bytes from i on. */
 static inline uint64_t token_key(const uint8_t *s, size_t i, size_t len, size_t n, uint64_t *hash,
                                  uint64_t *tail_out)
 {
     uint64_t key = 0, tail = 0;
     if (i + 8 <= n) {
-        memcpy(&key, s + i, 8);
-        key &= KEEP[len < 8 ? len : 8];
-        memcpy(&tail, s + (len > 8 ? i + len - 8 : i), 8);
-        tail &= 0 - (uint64_t)(len > 8);
+        key = load_le64(s + i) & KEEP[len < 8 ? len : 8];
+        tail = load_le64(s + (len > 8 ? i + len - 8 : i)) & (0 - (uint64_t)(len > 8));
     } else {  /* the chunk's last few bytes: a token shorter than 8 */
-        memcpy(&key, s + i, len);
+        for (size_t k = len; k-- > 0;)
+            key = key << 8 | s[i + k];
     }
     *hash = ((key ^ (uint64_t)len << 56) * MIX1 ^ tail * MIX2) >> 32;  /* 32 bits */
     *tail_out = tail;
