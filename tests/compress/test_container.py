@@ -599,12 +599,42 @@ def test_archive_reads_any_byte_range():
 _inputs = st.one_of(
     st.binary(max_size=20_000),
     st.tuples(st.integers(0, len(_STDLIB_TEXT)), st.integers(0, 20_000)).map(
-        lambda a: _STDLIB_TEXT[a[0]:a[0] + a[1]]),  # text: coded as words
+        lambda a: _STDLIB_TEXT[a[0]:a[0] + a[1]]),  # text (too short to pay as words)
     st.integers(0, 30_000).map(lambda n: _float_bytes(n, torch.bfloat16, seed=n)),
     st.integers(0, 10_000).map(lambda n: _float_bytes(n, torch.float32, seed=n)),
 )
 _dtypes = st.sampled_from([None, "bf16", "f32", "u16", "i64", "f64"])
 _settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+_WORDS = {}
+
+
+def _words_blob() -> bytes:
+    """The stdlib text in 256 KiB chunks, each coded as words (made once)."""
+    if not _WORDS:
+        _WORDS["blob"] = bytes(compress.compress_bytes(_STDLIB_TEXT, chunk_size=1 << 18))
+        assert _transforms(_WORDS["blob"]) == {planes.WORDS}
+    return _WORDS["blob"]
+
+
+def test_an_archive_reads_any_byte_range_of_words():
+    archive = container.Archive(io.BytesIO(_words_blob()), "mem")
+    for start, length in [(0, 1), (262_143, 2), (100_000, 500_000), (len(_STDLIB_TEXT) - 1, 1)]:
+        assert archive.read(start, length) == _STDLIB_TEXT[start:start + length]
+
+
+@_settings
+@given(where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7), cut=st.booleans())
+def test_every_corruption_of_words_is_detected(where, bit, cut):
+    blob = bytearray(_words_blob())
+    at = int(len(blob) * where)
+    if cut:
+        del blob[at:]
+    else:
+        blob[at] ^= 1 << bit
+    with pytest.raises(ThriftyError):
+        compress.decompress_bytes(blob, threads=2)
 
 
 @_settings
