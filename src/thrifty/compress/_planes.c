@@ -191,14 +191,20 @@ done:
 
 static int varint_max_bytes(int width) { return (8 * width + 6) / 7; }
 
+static inline uint64_t read_value(const uint8_t *v, int width)  /* little-endian, any host */
+{
+    uint64_t x = 0;
+    for (int k = width - 1; k >= 0; k--)
+        x = x << 8 | v[k];
+    return x;
+}
+
 #define VARINT_ENCODE(W)                                                            \
     static Py_ssize_t varint_encode_##W(const uint8_t *v, uint8_t *out, Py_ssize_t n)  \
     {                                                                               \
         uint8_t *o = out;                                                           \
         for (Py_ssize_t i = 0; i < n; i++, v += W) {                                \
-            uint64_t x = 0;                                                         \
-            for (int k = W - 1; k >= 0; k--)                                        \
-                x = x << 8 | v[k];                                                  \
+            uint64_t x = read_value(v, W);                                          \
             while (x >= 0x80) {                                                     \
                 *o++ = (uint8_t)(x | 0x80);                                         \
                 x >>= 7;                                                            \
@@ -242,9 +248,7 @@ static int varint_max_bytes(int width) { return (8 * width + 6) / 7; }
     {                                                                               \
         uint8_t *o = out;                                                           \
         for (Py_ssize_t i = 0; i < n; i++, v += W) {                                \
-            uint64_t x = 0;                                                         \
-            for (int k = W - 1; k >= 0; k--)                                        \
-                x = x << 8 | v[k];                                                  \
+            uint64_t x = read_value(v, W);                                          \
             int more[MAX];                                                          \
             for (int k = 0; k < MAX - 1; k++)                                       \
                 more[k] = x >> 7 * (k + 1) != 0;                                    \

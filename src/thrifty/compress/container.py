@@ -254,10 +254,13 @@ def decode_planes(chunk: Chunk) -> list:
                            f"{len(chunk.planes)} planes")
     parts, pos = [], 0
     n = chunk.raw_len // width if transform != planes.NONE else chunk.raw_len
-    exact = transform not in (planes.VARINT, planes.WORDS)
     # A varint or words plane's length is known only once it is decoded; these bound it (a
     # vocabulary entry is a token and a 0 byte, a code at most 5 bytes).
-    n *= planes.varint_max_bytes(width) if transform == planes.VARINT else 5 if not exact else 1
+    exact = transform not in (planes.VARINT, planes.WORDS)
+    if transform == planes.VARINT:
+        n *= planes.varint_max_bytes(width)
+    elif transform == planes.WORDS:
+        n *= 5
     for method, stored in chunk.planes:
         parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n,
                                    exact=exact))
