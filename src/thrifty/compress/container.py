@@ -43,7 +43,7 @@ from thrifty.files import read_exact
 
 MAGIC = b"\x89THZ\r\n\x1a\n"  # PNG's trick: a text-mode transfer or a 7-bit channel breaks it
 END_MAGIC = b"THZ-END\x00"
-VERSION = 3  # written; 1 and 2 are still read (3 added the varint transform; 1 has plain JSON)
+VERSION = 3  # written; 1 and 2 are still read (3 added varints and words; 1 has plain JSON)
 READABLE = (1, 2, 3)
 DEFAULT_CHUNK = 1 << 20
 _HEAD = struct.Struct("<8sHI")  # magic, version, JSON length
@@ -55,7 +55,7 @@ _TRAILER = struct.Struct("<Q8s")
 # type, CRC), and the most one chunk's row adds to the index JSON ("[offset,offset,length],").
 _FRAME_MAX = 1 + _CHUNK.size + 8 * _PLANE.size + 4
 _ROW_MAX = 3 * 20 + 4
-# Integer segments choose their transform by coding this much of their start each way.
+# Integer and text segments choose their transform by coding this much of their start each way.
 TRIAL_BYTES = 256 << 10
 # A float mantissa plane is entropy-coded only when its order-0 entropy promises this saving.
 MIN_PLANE_SAVING = 0.01
