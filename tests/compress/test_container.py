@@ -618,6 +618,13 @@ def _words_blob() -> bytes:
     return _WORDS["blob"]
 
 
+def test_without_the_compiled_coder_text_stays_plain_and_words_still_decode(monkeypatch):
+    blob = _words_blob()
+    monkeypatch.setattr(planes, "compiled", None)
+    assert _transforms(compress.compress_bytes(_STDLIB_TEXT[:300_000])) == {planes.NONE}
+    assert bytes(compress.decompress_bytes(blob)) == _STDLIB_TEXT
+
+
 def test_an_archive_reads_any_byte_range_of_words():
     archive = container.Archive(io.BytesIO(_words_blob()), "mem")
     for start, length in [(0, 1), (262_143, 2), (100_000, 500_000), (len(_STDLIB_TEXT) - 1, 1)]:

@@ -435,10 +435,11 @@ def _candidates(transform: int, width: int, method: int, start: memoryview) -> l
     Integers: byte planes win on ids that look random and lose on id streams that repeat
     themselves, where plain zstd finds the repeats; varints win on those that repeat and are
     mostly small (token shards). Plain bytes that look like text (nearly all printable ASCII)
-    may do better as words, when zstd codes them."""
+    may do better as words, when zstd codes them and the compiled coder is at hand (the Python
+    one, there for decoding, is a hundred times slower)."""
     if transform == planes.BYTES:
         return [(transform, width), (planes.NONE, 1), (planes.VARINT, width)]
-    if transform == planes.NONE and method == codecs.ZSTD:
+    if transform == planes.NONE and method == codecs.ZSTD and planes.compiled is not None:
         head = np.frombuffer(start[:4096], dtype=np.uint8)
         text = np.count_nonzero((head - 32 < 95) | (head - 9 < 5))  # uint8: wraps below 32 / 9
         if head.size and text >= 0.95 * head.size:

@@ -202,9 +202,11 @@ WORDS_CAP = 4096
 
 
 def _code(r: int) -> bytes:
-    more = r >> 6
-    return bytes([0x80 | (more > 0) << 6 | r & 63]) + (varint_encode_numpy(
-        np.array([more], "<u8").tobytes(), 8) if more else b"")
+    out, more = [0x80 | (r >= 64) << 6 | r & 63], r >> 6
+    while more:
+        out.append(more & 0x7F | (more >= 0x80) << 7)
+        more >>= 7
+    return bytes(out)
 
 
 def words_encode_python(data) -> tuple[bytes, bytes]:
