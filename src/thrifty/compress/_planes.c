@@ -269,6 +269,21 @@ VARINT_DECODE(2)
 VARINT_DECODE(4)
 VARINT_DECODE(8)
 
+/* 0 when `len` bytes are whole values of a width varints are written for; else -1, with
+ * ValueError set. */
+static int varint_values(int width, Py_ssize_t len)
+{
+    if (width != 2 && width != 4 && width != 8) {
+        PyErr_Format(PyExc_ValueError, "no varint for width %d", width);
+        return -1;
+    }
+    if (len % width != 0) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes are not whole values of width %d", len, width);
+        return -1;
+    }
+    return 0;
+}
+
 /* varint_encode(data, width) -> bytes */
 static PyObject *varint_encode(PyObject *self, PyObject *args)
 {
@@ -277,14 +292,8 @@ static PyObject *varint_encode(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*i", &data, &width))
         return NULL;
     PyObject *out = NULL;
-    if (width != 2 && width != 4 && width != 8) {
-        PyErr_Format(PyExc_ValueError, "no varint for width %d", width);
+    if (varint_values(width, data.len) < 0)
         goto done;
-    }
-    if (data.len % width != 0) {
-        PyErr_Format(PyExc_ValueError, "%zd bytes are not whole values of width %d", data.len, width);
-        goto done;
-    }
     Py_ssize_t n = data.len / width, used = 0;
     if (!(out = PyBytes_FromStringAndSize(NULL, n * varint_max_bytes(width))))
         goto done;
@@ -309,15 +318,8 @@ static PyObject *varint_decode(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*iw*", &in, &width, &out))
         return NULL;
     PyObject *result = NULL;
-    if (width != 2 && width != 4 && width != 8) {
-        PyErr_Format(PyExc_ValueError, "no varint for width %d", width);
+    if (varint_values(width, out.len) < 0)  /* the output's */
         goto done;
-    }
-    if (out.len % width != 0) {
-        PyErr_Format(PyExc_ValueError, "output of %zd bytes is not whole values of width %d",
-                     out.len, width);
-        goto done;
-    }
     Py_ssize_t n = out.len / width, bad;
     const uint8_t *s = in.buf;
     uint8_t *v = out.buf;
