@@ -196,13 +196,13 @@ def chunk_rows(name: str, data: bytes, width: int | None = None) -> list[str]:
     ]
     if width:
         variants.append(("chunks of 1 MiB, varint (thrifty's transform), then level 3", 1 << 20,
-                         lambda: (_Varint(width), 0)))
+                         lambda: (_Transformed(planes.VARINT, width, 3), 0)))
     else:
         variants += [
             ("chunks of 1 MiB, words (thrifty's transform), then level 3", 1 << 20,
-             lambda: (_Words(3), 0)),
+             lambda: (_Transformed(planes.WORDS, 1, 3), 0)),
             ("chunks of 1 MiB, words, then zstd fast, hash log 14, min match 5 (thrifty's)", 1 << 20,
-             lambda: (_Words(codecs.IDS), 0)),
+             lambda: (_Transformed(planes.WORDS, 1, codecs.IDS), 0)),
         ]
     rows = []
     for label, size, make in variants:
@@ -215,25 +215,15 @@ def chunk_rows(name: str, data: bytes, width: int | None = None) -> list[str]:
     return rows
 
 
-class _Varint:
-    """A chunk as thrifty's varint transform and zstd level 3 code it."""
+class _Transformed:
+    """A chunk as one of thrifty's transforms and zstd at ``level`` code it, plane by plane."""
 
-    def __init__(self, width: int):
-        self.width, self.z = width, zstandard.ZstdCompressor(level=3)
-
-    def compress(self, chunk: bytes) -> bytes:
-        return self.z.compress(planes.split(chunk, planes.VARINT, self.width)[0])
-
-
-class _Words:
-    """A chunk as thrifty's words transform and zstd code it: vocabulary and stream apart."""
-
-    def __init__(self, level: int):
-        self.level = level
+    def __init__(self, transform: int, width: int, level: int):
+        self.transform, self.width, self.level = transform, width, level
 
     def compress(self, chunk: bytes) -> bytes:
         return b"".join(codecs.encode(p, codecs.ZSTD, self.level)
-                        for p in planes.split(chunk, planes.WORDS, 1))
+                        for p in planes.split(chunk, self.transform, self.width))
 
 
 SCALE_HEAD = ["| work on MiniLM bf16 | 1 thread | 2 threads | speed-up |", "|---|---|---|---|"]

@@ -213,10 +213,9 @@ def encode_chunk(data: memoryview, transform: int, width: int, method: int, leve
     table, payload = [], []
     for k, plane in enumerate(parts):
         use, lvl = method, level
-        if transform == planes.WORDS:
-            if method == codecs.ZSTD and level < 10:
-                lvl = codecs.IDS
-        elif transform not in (planes.NONE, planes.VARINT) and method != codecs.ZLIB:
+        if transform == planes.WORDS and method == codecs.ZSTD and level < 10:
+            lvl = codecs.IDS
+        elif transform in (planes.FLOAT, planes.BYTES) and method != codecs.ZLIB:
             # Planes go to zstd whatever the chosen codec: lz4 has no entropy stage, and planes
             # are all about entropy. High levels search for matches too; the rest skip that.
             params = codecs.EXPONENT if k == 0 else codecs.MANTISSA
@@ -253,14 +252,7 @@ def decode_planes(chunk: Chunk) -> list:
         raise ThriftyError(f"unknown transform {transform} of width {width} with "
                            f"{len(chunk.planes)} planes")
     parts, pos = [], 0
-    n = chunk.raw_len // width if transform != planes.NONE else chunk.raw_len
-    # A varint or words plane's length is known only once it is decoded; these bound it (a
-    # vocabulary entry is a token and a 0 byte, a code at most 5 bytes).
-    exact = transform not in (planes.VARINT, planes.WORDS)
-    if transform == planes.VARINT:
-        n *= planes.varint_max_bytes(width)
-    elif transform == planes.WORDS:
-        n *= 5
+    n, exact = planes.plane_bound(transform, width, chunk.raw_len)
     for method, stored in chunk.planes:
         parts.append(codecs.decode(memoryview(chunk.payload)[pos:pos + stored], method, n,
                                    exact=exact))
@@ -277,13 +269,12 @@ def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
     if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
         raise ThriftyError("checksum mismatch in its coded data")
     parts = decode_planes(chunk)
-    transform, width = chunk.transform, chunk.width
-    if out is None and transform in (planes.VARINT, planes.WORDS):  # these need their buffer
+    if out is None and chunk.transform != planes.NONE:  # (a plain chunk is its one plane)
         out = memoryview(np.empty(chunk.raw_len, np.uint8))
     elif out is not None:
         populate(out)
     try:
-        raw = planes.merge(parts, transform, width, out)
+        raw = planes.merge(parts, chunk.transform, chunk.width, out)
     except ValueError as e:  # varints or words that do not make the chunk
         raise ThriftyError(f"does not decode ({e})") from None
     if check_raw and xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
@@ -450,13 +441,14 @@ def _candidates(transform: int, width: int, method: int, start: memoryview) -> l
 def _account(stats: Stats, seg: int, head: bytes) -> None:
     """Add a frame's raw and stored bytes per plane to ``stats``, from its header."""
     t, w, n, _, raw_len, _, _ = _CHUNK.unpack_from(head, 1)
-    per_plane = raw_len // w if planes.plane_count(t, w) > 1 else raw_len
     stats.transforms.setdefault(seg, set()).add(t)
+    # Byte and float planes each hold one byte (or two) of every value; any other chunk's planes
+    # (words: its vocabulary and its stream) together stand for all its bytes, counted as one.
+    split = t in (planes.FLOAT, planes.BYTES)
     for k in range(n):
         _, stored = _PLANE.unpack_from(head, 1 + _CHUNK.size + k * _PLANE.size)
-        # words: the vocabulary and the ids together stand for the text, so count them as one
-        acc = stats.planes.setdefault((seg, 0 if t == planes.WORDS else k), [0, 0])
-        acc[0] += per_plane if t != planes.WORDS or k == 0 else 0
+        acc = stats.planes.setdefault((seg, k if split else 0), [0, 0])
+        acc[0] += raw_len // w if split else raw_len if k == 0 else 0
         acc[1] += stored
 
 
