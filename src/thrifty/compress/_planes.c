@@ -414,7 +414,9 @@ static size_t find_tokens(const uint8_t *s, size_t n, uint32_t *first, uint32_t 
     size_t a = 0, b = 0;
     /* c[k + 2] is the class of byte i + k; OTHER stands for the bytes outside the chunk */
     uint8_t c[64 + 3], sf[64], ef[64];
-    for (size_t i = 0; i < n; i += 64) {
+    /* i == n runs once more when n is a multiple of 64 (and for n == 0): an empty block whose
+     * only possible flag is a token ending at n */
+    for (size_t i = 0; i <= n; i += 64) {
         size_t m = n - i < 64 ? n - i : 64;
         c[0] = i >= 2 ? class_of(s[i - 2]) : OTHER;
         c[1] = i >= 1 ? class_of(s[i - 1]) : OTHER;
@@ -444,8 +446,6 @@ static size_t find_tokens(const uint8_t *s, size_t n, uint32_t *first, uint32_t 
         for (; ends; ends &= ends - 1)
             last[b++] = (uint32_t)(i + (size_t)trailing_zeros(ends));
     }
-    if (n % 64 == 0 && n && ends_before(n >= 2 ? class_of(s[n - 2]) : OTHER, class_of(s[n - 1]), OTHER))
-        last[b++] = (uint32_t)n;  /* the end of the chunk, past the last whole block */
     return a;  /* == b */
 }
 
