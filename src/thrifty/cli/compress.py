@@ -172,8 +172,8 @@ def run_compress(argv: list[str]) -> int:
         prog="thrifty compress",
         description="Compress files losslessly into the thrifty container (FILE -> FILE.thz). "
                     "Float tensors (safetensors, .npy, torch.save checkpoints) are split into "
-                    "byte planes first, integer tensors into byte planes or varints; everything "
-                    "else is coded as bytes.",
+                    "byte planes first, integer tensors into byte planes or varints; text may be "
+                    "coded as words; everything else is coded as bytes.",
     )
     _common(parser)
     parser.add_argument("-l", "--level", type=int, help="codec level (zstd: -7..22, default 3)")
@@ -361,7 +361,6 @@ def _inspect(path: str) -> dict:
     for i, seg in enumerate(archive.segments):
         per_plane = [stats.planes.get((i, k), [0, 0]) for k in range(8) if (i, k) in stats.planes]
         stored = sum(s for _, s in per_plane)
-        coding = "+".join(planes.NAMES[t] for t in sorted(stats.transforms.get(i, ())))
         if not seg.dtype:
             other["bytes"] += seg.length
             other["stored"] += stored
@@ -376,18 +375,24 @@ def _inspect(path: str) -> dict:
         rows.append({
             "name": name, "dtype": seg.dtype, "tensors": inside,
             "shape": tensor.shape if tensor else [], "bytes": seg.length, "stored": stored,
-            "coding": coding, "planes": [{"bytes": r, "stored": s} for r, s in per_plane],
+            "coding": _coding(stats.transforms.get(i, ())),
+            "planes": [{"bytes": r, "stored": s} for r, s in per_plane],
         })
     if other["segments"] or not rows:
         if not archive.segments:  # a stream: one run of chunks, plain or words
             other["bytes"], other["stored"] = stats.original, sum(s for _, s in stats.planes.values())
             other_codings.update(stats.transforms.get(0, ()))
-        other["coding"] = "+".join(planes.NAMES[t] for t in sorted(other_codings)) or "plain"
+        other["coding"] = _coding(other_codings)
         other["planes"] = [{"bytes": other["bytes"], "stored": other["stored"]}]
         rows.append(other)
     return {"file": path, "kind": h["kind"], "codec": h["codec"], "level": h["level"],
             "chunk_size": h["chunk_size"], "chunks": len(archive.index["chunks"]),
             "original_size": stats.original, "stored_size": stats.stored, "segments": rows}
+
+
+def _coding(transforms) -> str:
+    """How a segment's chunks were coded, as inspect names it (``plain`` when it has none)."""
+    return "+".join(planes.NAMES[t] for t in sorted(transforms)) or "plain"
 
 
 def _inspect_text(summary: dict) -> str:

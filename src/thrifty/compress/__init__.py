@@ -1,8 +1,8 @@
 """thrifty compress: a checksummed, streaming, multi-threaded container for weights and data.
 
 Lossless for every input; floating-point and integer tensors are split into byte planes first,
-or integers written as varints (see :mod:`thrifty.compress.planes`), so that a general-purpose
-codec does far better on them.
+or integers written as varints, and text may be coded as words (see
+:mod:`thrifty.compress.planes`), so that a general-purpose codec does far better on them.
 
     from thrifty import compress
     blob = compress.compress_bytes(data)                 # a memoryview of a new buffer
