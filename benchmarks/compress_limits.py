@@ -18,10 +18,9 @@ Seven tables, no targets (exit status 0 unless something fails to round-trip):
    1- and 2-thread runs. Where zstd alone gains little from a second thread, no Python-level
    change will make a codec that calls it scale better.
 5. What ``decompress_bytes`` decodes into: NumPy's buffer (which asks for huge pages), an
-   anonymous mapping populated in one call, one faulted in as the decoders write it, one of
-   4 KiB pages that each decoder populates chunk by chunk, and ``container.new_buffer`` (the
-   same, asking for huge pages), each measured inside the side-by-side run of every codec
-   that ``compress.py`` makes.
+   anonymous mapping populated in one call, one faulted in as the decoders write it, and
+   ``container.new_buffer`` (a mapping each decoder populates chunk by chunk), each measured
+   inside the side-by-side run of every codec that ``compress.py`` makes.
 6. Why the benchmarks fix glibc's malloc thresholds: five back-to-back decodes of MiniLM bf16
    by ZipNN and by thrifty, each in a child process with glibc's default malloc and in one
    with ``thrifty.compress.bench.fresh_malloc``: time and page faults of every round.
@@ -32,8 +31,9 @@ Seven tables, no targets (exit status 0 unless something fails to round-trip):
 
 Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
-Usage: python benchmarks/compress_limits.py [--buffers]   (--buffers: table 5 for MiniLM bf16
-and fp32 alone, after the time a fresh buffer's pages take, with huge pages and without)
+Usage: python benchmarks/compress_limits.py [--buffers]
+(--buffers: only the time a fresh 95 MiB buffer's pages take with and without transparent huge
+pages, round after round, then table 5 for MiniLM bf16 and for fp32)
 """
 
 from __future__ import annotations
@@ -289,9 +289,9 @@ BUFFER_HEAD = ["| threads | decoded into | thrifty decompress MB/s | ZipNN's, sa
 def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     """decompress_bytes inside the side-by-side measurement (every codec in turn, as
     compress.py runs them), decoding into NumPy's buffer, into a mapping populated up front,
-    into one whose pages are faulted in as the decoders write them, into one of 4 KiB pages that
-    each decoder populates chunk by chunk (one madvise call per chunk), and into what
-    container.new_buffer gives (the same, asking for huge pages)."""
+    into one whose pages are faulted in as the decoders write them, and into what
+    container.new_buffer gives (a mapping that each decoder populates chunk by chunk, in one
+    madvise call per chunk)."""
     import mmap
 
     import thrifty.compress as tc
@@ -309,8 +309,7 @@ def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     ways = {"np.empty (huge pages), faulted in as written": (numpy_buffer, False),
             "a mapping, populated up front (MAP_POPULATE)": (mapping(mmap.MAP_POPULATE), False),
             "a mapping, faulted in as written": (mapping(0), False),
-            "a mapping of 4 KiB pages, populated chunk by chunk": (mapping(0), True),
-            "container.new_buffer (huge pages), populated chunk by chunk": (tc._Fill.reserve, True)}
+            "container.new_buffer, populated chunk by chunk": (tc._Fill.reserve, True)}
     rows, kept, madvise = [], tc._Fill.reserve, container._MADVISE
     try:
         for threads in (1, 2):
@@ -386,10 +385,11 @@ PAGES_HEAD = ["| pages | each round, ms (first round first) |", "|---|---|"]
 
 
 def pages_rows(size: int = 95 << 20, rounds: int = 5) -> list[str]:
-    """A fresh new_buffer of ``size`` bytes populated 1 MiB at a time, as decoders do, round
-    after round in a new process: asking for huge pages every time, and with 4 KiB pages. On a
-    VM whose host backs memory when the guest first touches it, a huge page from memory never
-    used before costs 512 of the host's faults."""
+    """A fresh mapping of ``size`` bytes populated 1 MiB at a time, as decoders populate
+    container.new_buffer's, round after round in a new process: asking for transparent huge
+    pages, then with the 4 KiB pages new_buffer has. On a VM whose host backs memory only when
+    the guest first touches it, a huge page from memory the guest has never used costs 512 of
+    the host's faults (docs/benchmarks.md, eleventh session)."""
     rows = []
     for label, huge in (("huge pages", "1"), ("4 KiB", "0")):
         out = subprocess.run([sys.executable, __file__, "--pages", str(size), str(rounds), huge],
@@ -399,21 +399,27 @@ def pages_rows(size: int = 95 << 20, rounds: int = 5) -> list[str]:
 
 
 def pages(size: str, rounds: str, huge: str) -> None:
-    container._huge.able = huge == "1"
+    """Time a fresh mapping's pages, populated as container.new_buffer's are, ``rounds`` times;
+    with ``huge`` "1" the mapping asks for transparent huge pages first (new_buffer does not)."""
+    import mmap
+
     cells = []
     for _ in range(int(rounds)):
-        container._huge.resting = 0  # ask every round, whatever the last one found
         t0 = time.perf_counter()
-        buf = container.new_buffer(int(size))
+        m = mmap.mmap(-1, int(size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if huge == "1":
+            m.madvise(mmap.MADV_HUGEPAGE)
+        buf = memoryview(m)
         for at in range(0, len(buf), 1 << 20):
             container.populate(buf[at:at + (1 << 20)])
         cells.append(f"{(time.perf_counter() - t0) * 1e3:.1f}")
-        del buf
+        buf.release()
+        m.close()
     print(", ".join(cells))
 
 
 def buffers_only() -> None:
-    """Tables 5 (for bf16 and fp32) and the pages table alone: ``--buffers``."""
+    """The pages table, then table 5 for bf16 and for fp32: ``--buffers``."""
     bench.fresh_malloc()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = minilm_path()

@@ -550,48 +550,6 @@ def test_populate_takes_the_pages_from_the_kernel_and_changes_no_byte():
         assert container._MADVISE is None  # not attempted: the pages come as they are written
 
 
-def _vm_flags(buf: memoryview) -> set[str]:
-    """The kernel's flags for the mapping that holds ``buf`` (/proc/self/smaps, VmFlags)."""
-    import ctypes
-    import re
-
-    addr, inside = ctypes.addressof(ctypes.c_char.from_buffer(buf)), False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if m := re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line):
-            inside = int(m.group(1), 16) <= addr < int(m.group(2), 16)
-        elif inside and line.startswith("VmFlags:"):
-            return set(line.split()[1:])
-    raise AssertionError("no mapping holds the buffer")
-
-
-@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").exists(),
-                    reason="this kernel has no transparent huge pages")
-def test_big_buffers_ask_for_huge_pages_unless_populate_just_found_them_slow(monkeypatch):
-    """new_buffer marks its mappings for huge pages (VmFlags 'hg'). Once populate has supplied
-    a window of 16 MiB at under 1 GB/s (cold memory on a VM), the rest of that buffer is marked
-    against them ('nh') and the next 16 buffers do not ask; the one after asks again."""
-    import types
-
-    huge = container._HugePages()
-    monkeypatch.setattr(container, "_huge", huge)
-    buf = container.new_buffer(24 << 20)
-    assert "hg" in _vm_flags(buf)
-    huge.timed(buf.obj, 32 << 20, (32 << 20) / 10e9)  # warm huge pages: 10 GB/s
-    assert not huge.resting
-    clock = iter(range(10**6))  # populate's calls, timed: a second each, 1 MiB/s
-    monkeypatch.setattr(container, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    for at in range(0, 16 << 20, 1 << 20):
-        assert not huge.resting
-        container.populate(buf[at:at + (1 << 20)])
-    assert huge.resting == huge.REST
-    assert "nh" in _vm_flags(buf) and "hg" not in _vm_flags(buf)
-    for _ in range(huge.REST):
-        later = container.new_buffer(4 << 20)
-        assert "hg" not in _vm_flags(later)
-    later[:] = b"x" * len(later)  # its pages still come, as small ones
-    assert "hg" in _vm_flags(container.new_buffer(4 << 20))
-
-
 def _safetensors(entries: list[tuple[str, str, list[int], bytes]]) -> bytes:
     """A safetensors file written by hand, its data starting 8-aligned as safetensors does."""
     import json

@@ -19,7 +19,6 @@ number of chunks in flight, so memory does not grow with the file.
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import errno
 import json
@@ -27,7 +26,6 @@ import mmap
 import signal
 import struct
 import sys
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -155,63 +153,16 @@ def new_buffer(size: int) -> memoryview:
     """A writable buffer of ``size`` bytes for decoders (or the frames of compress_bytes) to
     fill, not zero-filled first.
 
-    A big buffer is an anonymous mapping whose writers take its pages from the kernel a chunk at
-    a time (:func:`populate`), each just before writing them, so that several threads share that
-    work out and one thread writes into pages it has just had zeroed. It asks for transparent
-    huge pages unless they have come slowly (:class:`_HugePages`). NumPy's buffer asks for huge pages
-    too, but has them faulted in as its bytes are first written.
+    A big buffer is an anonymous mapping of ordinary pages whose writers take its pages from
+    the kernel a chunk at a time (:func:`populate`), each just before writing them, so that
+    several threads share that work out and one thread writes into pages it has just had
+    zeroed. NumPy's own buffer (it asks for huge pages) is faster when the process has just
+    freed memory of that size, and several times slower when it has not.
     ``benchmarks/compress_limits.py`` (table 5) measures each way inside the side-by-side
-    benchmark; results in docs/benchmarks.md (fifth, sixth, ninth and eleventh sessions)."""
+    benchmark; results in docs/benchmarks.md (fifth, sixth and ninth sessions)."""
     if size >= _MAP_FROM and hasattr(mmap, "MAP_ANONYMOUS"):
-        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        _huge.ask(m)
-        return memoryview(m)
+        return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
     return memoryview(np.empty(size, np.uint8))
-
-
-class _HugePages:
-    """Whether new buffers ask for transparent huge pages: unless they have just come slowly.
-
-    With huge pages the kernel supplies a buffer 2 MiB per step instead of 4 KiB: MiniLM's
-    45 MB of bf16 pages in about 5 ms instead of about 20 on this project's VM, where the
-    pages were the largest part of a one-thread decode. But on a VM whose host backs the
-    guest's memory only when it is first touched, a huge page from memory the guest has never
-    used costs 512 of the host's faults: 95 MB then took 200 ms instead of 8. The kernel hands
-    out such memory for huge pages far more often than for small ones. So :func:`populate`
-    times its calls, and once they have supplied ``WINDOW`` bytes at under ``MIN_RATE`` bytes a
-    second (warm huge pages came at about 10 GB/s here, small pages at about 2, cold huge ones
-    at under 0.5) the rest of that buffer and the next ``REST`` buffers go without: the huge
-    pages just freed are often handed out again, warm, but other allocations may have taken
-    them first."""
-
-    WINDOW, MIN_RATE, REST = 16 << 20, 1e9, 16
-
-    def __init__(self):
-        self.able = hasattr(mmap, "MADV_HUGEPAGE")
-        self.bytes, self.seconds, self.resting = 0, 0.0, 0
-
-    def ask(self, m: mmap.mmap) -> None:
-        """Mark a new mapping for huge pages, unless resting from slow ones."""
-        if self.resting:
-            self.resting -= 1
-        elif self.able:
-            try:
-                m.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:  # a kernel built without them
-                self.able = False
-
-    def timed(self, m: mmap.mmap, length: int, seconds: float) -> None:
-        self.bytes, self.seconds = self.bytes + length, self.seconds + seconds
-        if self.bytes < self.WINDOW:
-            return
-        if self.bytes < self.seconds * self.MIN_RATE:
-            self.resting = self.REST
-            with contextlib.suppress(OSError):
-                m.madvise(mmap.MADV_NOHUGEPAGE)
-        self.bytes, self.seconds = 0, 0.0
-
-
-_huge = _HugePages()
 
 
 def _madvise():
@@ -242,12 +193,9 @@ def populate(view: memoryview) -> None:
         return  # (new_buffer's small buffers come from the heap, whose pages are mostly there)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
     start = addr - addr % mmap.PAGESIZE
-    t0 = time.perf_counter()
-    if _MADVISE(start, addr + view.nbytes - start, _MADV_POPULATE_WRITE) != 0:
-        if ctypes.get_errno() == errno.EINVAL:
-            _MADVISE = None  # a kernel before 5.14: stop asking (other failures: pages as written)
-    else:
-        _huge.timed(view.obj, addr + view.nbytes - start, time.perf_counter() - t0)
+    if _MADVISE(start, addr + view.nbytes - start, _MADV_POPULATE_WRITE) != 0 \
+            and ctypes.get_errno() == errno.EINVAL:
+        _MADVISE = None  # a kernel before 5.14: stop asking (other failures: pages as written)
 
 
 _MAP_FROM = 4 << 20
