@@ -227,9 +227,12 @@ def test_text_is_coded_as_words_where_that_pays():
     many = compress.compress_bytes(text, chunk_size=1 << 18, threads=2)  # four chunks
     assert _transforms(many) == {planes.WORDS}
     assert bytes(compress.decompress_bytes(many, threads=2)) == text
-    # not where the codec is not zstd, nor on bytes that are not text
+    # not where the codec is not zstd, nor below zstd's default level (asked for speed), nor
+    # on bytes that are not text
     for codec in ("lz4", "zlib"):
         assert _transforms(compress.compress_bytes(text, codec=codec, **SMALL)) == {planes.NONE}
+    for level, coded in ((-5, planes.NONE), (2, planes.NONE), (3, planes.WORDS)):
+        assert _transforms(compress.compress_bytes(text, level=level)) == {coded}, level
     noise = np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
     assert _transforms(compress.compress_bytes(noise, **SMALL)) == {planes.NONE}
 

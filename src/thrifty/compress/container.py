@@ -378,7 +378,7 @@ def write(
             if seg != current:  # the first chunk of a segment
                 current = seg
                 chosen = (transform, width)
-                options = _candidates(transform, width, method, view)
+                options = _candidates(transform, width, method, opts.level, view)
                 if len(options) > 1:  # the start of the segment decides for all of it
                     trial = view[:TRIAL_BYTES]
                     tried = {k: encode_chunk(trial, *k, method, opts.level) for k in options}
@@ -420,17 +420,20 @@ def write(
     return stats
 
 
-def _candidates(transform: int, width: int, method: int, start: memoryview) -> list[tuple[int, int]]:
+def _candidates(transform: int, width: int, method: int, level: int,
+                start: memoryview) -> list[tuple[int, int]]:
     """The transforms worth trying on a segment that starts with ``start``.
 
     Integers: byte planes win on ids that look random and lose on id streams that repeat
     themselves, where plain zstd finds the repeats; varints win on those that repeat and are
     mostly small (token shards). Plain bytes that look like text (nearly all printable ASCII)
-    may do better as words, when zstd codes them and the compiled coder is at hand (the Python
-    one, there for decoding, is a hundred times slower)."""
+    may do better as words, when zstd codes them at its default level or above (words code at
+    about 0.85x zstd -3's speed: a lower level asks for speed, which they do not give) and the
+    compiled coder is at hand (the Python one, there for decoding, is a hundred times slower)."""
     if transform == planes.BYTES:
         return [(transform, width), (planes.NONE, 1), (planes.VARINT, width)]
-    if transform == planes.NONE and method == codecs.ZSTD and planes.compiled is not None:
+    if (transform == planes.NONE and method == codecs.ZSTD and planes.compiled is not None
+            and level >= codecs.DEFAULT_LEVEL[codecs.ZSTD]):
         head = np.frombuffer(start[:4096], dtype=np.uint8)
         text = np.count_nonzero((head - 32 < 95) | (head - 9 < 5))  # uint8: wraps below 32 / 9
         if head.size and text >= 0.95 * head.size:
