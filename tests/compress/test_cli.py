@@ -189,6 +189,11 @@ def test_corrupt_input_is_named_in_one_line_and_leaves_nothing(weights, tmp_path
 
 def test_bad_arguments(tmp_path, weights):
     assert_one_line_error(thrifty("compress", str(tmp_path / "nope"), check=False), "nope")
+    assert_one_line_error(thrifty("compress", str(tmp_path / "nope.thz"), check=False),
+                          "nope.thz: No such file or directory")  # not "already has the suffix"
+    (tmp_path / "y.thz").write_bytes(b"y")
+    assert_one_line_error(thrifty("compress", str(tmp_path / "y.thz"), check=False),
+                          "y.thz: already has the .thz suffix")
     assert_one_line_error(thrifty("compress", str(weights), "-l", "99", check=False), "level")
     assert_one_line_error(thrifty("compress", str(weights), "--dtype", "q7", check=False), "dtype")
     assert_one_line_error(thrifty("decompress", str(weights), check=False), "suffix")

@@ -225,7 +225,7 @@ def run_compress(argv: list[str]) -> int:
             if done and not args.quiet and not to_stdout:
                 _summary(src or "stdin", args.output or dst, done[0], False)
             return
-        if src.suffix == thz.SUFFIX and not args.force:
+        if src.suffix == thz.SUFFIX and not args.force and src.exists():  # (else: no such file)
             raise ThriftyError(f"{src}: already has the {thz.SUFFIX} suffix (use -f to compress anyway)")
         dst = Path(args.output) if args.output else src.with_name(src.name + thz.SUFFIX)
         with _progress(src.stat().st_size, src.name, args.quiet) as tick:
