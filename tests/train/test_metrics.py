@@ -48,7 +48,7 @@ def test_a_resume_cuts_the_log_back_and_notes_what_the_cut_steps_used(tmp_path):
     log.close()
     MetricsLog(path, {"step": 4, "tokens": 400, "bytes_sent_cum": 40}).close()  # resumed at 4
     assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
-    cut = {"from_step": 6, "to_step": 4, "tokens": 200, "bytes_sent": 20, "world_size": None}
+    cut = {"from_step": 6, "to_step": 4, "tokens": 200, "bytes_sent": 20}
     assert read_metrics(tmp_path / REDONE) == [cut]
     MetricsLog(path, {"step": 4, "tokens": 400, "bytes_sent_cum": 40}).close()  # nothing to cut
     assert len(read_metrics(tmp_path / REDONE)) == 1
@@ -57,34 +57,3 @@ def test_a_resume_cuts_the_log_back_and_notes_what_the_cut_steps_used(tmp_path):
     assert [json.loads(line)["tokens"] for line in (tmp_path / REDONE).read_text().splitlines()] == [200, 200]
     MetricsLog(path, None).close()  # a fresh run
     assert path.read_text() == "" and not (tmp_path / REDONE).exists()
-
-
-def test_redone_steps_count_the_bytes_of_the_workers_that_did_them(tmp_path):
-    """A run logged by 4 workers and resumed from an older checkpoint on 2: the cut steps' bytes
-    (per worker in the log) are charged for 4 workers, the new steps' for 2."""
-    from thrifty.train import accounting
-    from thrifty.train.metrics import MetricsLog
-
-    path = tmp_path / "metrics.jsonl"
-    log = MetricsLog(path, None)
-    for step in range(1, 7):
-        log.write({"event": "train", "step": step, "tokens": 100 * step, "bytes_sent_cum": 10 * step,
-                   "world_size": 4})
-    log.close()
-    before = accounting.progress(tmp_path)
-    log = MetricsLog(path, {"step": 4, "tokens": 400, "bytes_sent_cum": 40})  # on 2 workers
-    for step in range(5, 9):
-        log.write({"event": "train", "step": step, "tokens": 100 * step, "bytes_sent_cum": 10 * step,
-                   "world_size": 2})
-    log.close()
-
-    class Run:  # the part of thrifty.cost.meter's run that absorb uses
-        info: dict = {}
-
-        def add(self, **used):
-            self.used = used
-
-    run = Run()
-    accounting.absorb(run, tmp_path, before, world_size=2)
-    assert run.used["tokens_read"] == 200 + 200  # steps 7-8 new, 5-6 done twice
-    assert run.used["bytes_communicated"] == 20 * 4 + 20 * 2

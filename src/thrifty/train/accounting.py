@@ -74,10 +74,8 @@ def absorb(run, run_dir: Path, before: dict, world_size: int, machines: int = 1)
     path = run_dir / "metrics.jsonl"
     records = [r for r in read_metrics(path) if r.get("step", 0) > start] if path.exists() else []
     tokens = max(0, after["tokens"] - before["tokens"]) + sum(r["tokens"] for r in redone)
-    # bytes are logged per worker: redone steps count for the workers that did them (a resume
-    # may have changed their number; logs from before it was recorded: this invocation's)
-    sent = (max(0, after["bytes_sent_cum"] - before["bytes_sent_cum"]) * world_size
-            + sum(r["bytes_sent"] * (r.get("world_size") or world_size) for r in redone))
+    sent = (max(0, after["bytes_sent_cum"] - before["bytes_sent_cum"])
+            + sum(r["bytes_sent"] for r in redone)) * world_size
     held, now = before["checkpoints"], after["checkpoints"]
     new = [size for name, size in now.items() if name not in held]
     removed = sum(stored for name, (_, stored) in held.items() if name not in now)

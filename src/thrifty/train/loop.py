@@ -287,7 +287,6 @@ class Trainer:
                 "event": "train", "step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
                 "tokens_per_s": tps, "flops_per_token": self.flops_per_token, "mfu": mfu,
                 "bytes_sent": sent, "bytes_sent_cum": self.strategy.counter.bytes_sent,
-                "world_size": self.w.world_size,
                 "wall_s": self.prior_wall + wall_clock() - self.started,
                 "cpu_s": self.prior_cpu + cpu_seconds(),
             })

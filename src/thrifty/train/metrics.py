@@ -88,10 +88,9 @@ def peak_rss_bytes() -> int:
 class MetricsLog:
     """Appends one JSON object per line. On resume, drops the records past the step resumed
     from: those steps are done again. What they had used (tokens, and bytes sent per worker:
-    the last dropped record's counts less ``resumed_at``'s, and the number of workers that
-    logged it) is first appended to redone.jsonl beside the log, which only ever grows, so
-    that the meter charges the work to the invocation that redoes it (see
-    thrifty.train.accounting)."""
+    the last dropped record's counts less ``resumed_at``'s) is first appended to
+    redone.jsonl beside the log, which only ever grows, so that the meter charges the work to
+    the invocation that redoes it (see thrifty.train.accounting)."""
 
     def __init__(self, path: Path, resumed_at: dict | None):
         self.path = Path(path)
@@ -108,7 +107,6 @@ class MetricsLog:
                         "from_step": last["step"], "to_step": step,
                         "tokens": max(0, last["tokens"] - resumed_at["tokens"]),
                         "bytes_sent": max(0, last["bytes_sent_cum"] - resumed_at["bytes_sent_cum"]),
-                        "world_size": last.get("world_size"),
                     }) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
