@@ -57,3 +57,34 @@ def test_a_resume_cuts_the_log_back_and_notes_what_the_cut_steps_used(tmp_path):
     assert [json.loads(line)["tokens"] for line in (tmp_path / REDONE).read_text().splitlines()] == [200, 200]
     MetricsLog(path, None).close()  # a fresh run
     assert path.read_text() == "" and not (tmp_path / REDONE).exists()
+
+
+def test_redone_steps_are_charged_for_the_workers_that_redo_them(tmp_path):
+    """4 workers log steps 1-6; a resume on 2 workers from the checkpoint at step 4 redoes 5-6
+    and goes on to 8. That invocation sent steps 5-8's bytes from each of its 2 workers (a step
+    hands each worker the same bytes whatever their number); the 4 workers' sending of steps
+    5-6 was charged to the invocation that ran them."""
+    from thrifty.train import accounting
+    from thrifty.train.metrics import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path, None)
+    for step in range(1, 7):
+        log.write({"event": "train", "step": step, "tokens": 100 * step, "bytes_sent_cum": 10 * step})
+    log.close()
+    before = accounting.progress(tmp_path)
+    log = MetricsLog(path, {"step": 4, "tokens": 400, "bytes_sent_cum": 40})
+    for step in range(5, 9):
+        log.write({"event": "train", "step": step, "tokens": 100 * step, "bytes_sent_cum": 10 * step})
+    log.close()
+
+    class Run:  # the part of thrifty.cost.meter's run that absorb uses
+        info: dict = {}
+
+        def add(self, **used):
+            self.used = used
+
+    run = Run()
+    accounting.absorb(run, tmp_path, before, world_size=2)
+    assert run.used["tokens_read"] == 400  # steps 5-8, of 100 tokens each
+    assert run.used["bytes_communicated"] == 4 * 10 * 2  # steps 5-8, 10 bytes per worker each
