@@ -113,9 +113,9 @@ def split_numpy(data: memoryview | bytes, transform: int, width: int) -> list[np
 def merge(planes: list[bytes | memoryview], transform: int, width: int, out=None) -> memoryview:
     """Inverse of :func:`split`. Written into ``out`` (a writable buffer of the original's
     length) when given, so a decoder can fill its final buffer without another copy; otherwise
-    into a new array. Returns a view of the result. A varint plane does not say how many
-    values it holds, so for VARINT ``out`` is required and the plane must fill it exactly
-    (ValueError otherwise)."""
+    into a new array. Returns a view of the result. Varint and words planes do not say how
+    many bytes they make, so for VARINT and WORDS ``out`` is required and the planes must fill
+    it exactly (ValueError otherwise)."""
     if transform == NONE and out is None:
         return memoryview(planes[0])
     if transform == VARINT:
