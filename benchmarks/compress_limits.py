@@ -1,11 +1,11 @@
 """Where the compression targets that `compress.py` misses stand, measured rather than argued.
 
-Seven tables, no targets (exit status 0 unless something fails to round-trip):
+Eight tables, no targets (exit status 0 unless something fails to round-trip):
 
 1. Decompressing MiniLM's weights (bf16 and fp32) on one thread: ZipNN's time beside thrifty's,
-   thrifty's time split into its stages (checking payload digests, zstd, merging planes
-   compiled and, as where no C compiler was at hand, in NumPy, the whole-file digest, and
-   getting a fresh output buffer's pages from the kernel).
+   thrifty's time split into its stages (zstd, merging planes compiled and, as where no C
+   compiler was at hand, in NumPy, the digests of the decoded chunks, and getting a fresh
+   output buffer's pages from the kernel).
 2. What ZipNN and thrifty each make of a random flipped bit in the compressed file.
 3. Independent chunks against one whole-file frame, zstd alone, on the standard library's text
    and the token shard: what each chunk size and level gives up in ratio, and at what speed;
@@ -28,12 +28,16 @@ Seven tables, no targets (exit status 0 unless something fails to round-trip):
 7. What the container costs a small file: the standard library's ``email`` package, file by
    file, under thrifty and under zstd -3 with its checksum (as ``zstd`` writes it): the bytes
    thrifty adds per file (header, chunk frame, index, trailer, digests).
+8. What the reader's checks cost: MiniLM bf16 and fp32 decoded at 1 and 2 threads as the
+   reader checks them now (each decoded chunk's digest, then the index's digest of those
+   digests), with a pass over the whole output (files from before ``chunks_xxh3``), and as the
+   reader checked them before (each payload's digest, then the whole output's); ZipNN beside.
 
 Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
-Usage: python benchmarks/compress_limits.py [--buffers]
+Usage: python benchmarks/compress_limits.py [--buffers | --checks]
 (--buffers: only the time a fresh 95 MiB buffer's pages take with and without transparent huge
-pages, round after round, then table 5 for MiniLM bf16 and for fp32)
+pages, round after round, then table 5 for MiniLM bf16 and for fp32; --checks: only table 8)
 """
 
 from __future__ import annotations
@@ -68,10 +72,10 @@ def best_ms(fn, make_arg=lambda: None) -> float:
     return best * 1e3
 
 
-DECODE_HEAD = ["| input | ZipNN | thrifty | payload digests | zstd | plane merge, compiled (output "
-               "already faulted in) | the same in NumPy (the fallback) | whole-file digest | "
-               "a fresh output buffer, populated |",
-               "|---|---|---|---|---|---|---|---|---|"]
+DECODE_HEAD = ["| input | ZipNN | thrifty | zstd | plane merge, compiled (output already faulted "
+               "in) | the same in NumPy (the fallback) | digests of the decoded chunks | a fresh "
+               "output buffer, populated |",
+               "|---|---|---|---|---|---|---|---|"]
 
 
 def decode_row(name: str, data: bytes, dtype: str) -> str:
@@ -104,15 +108,16 @@ def decode_row(name: str, data: bytes, dtype: str) -> str:
 
     zipnn_ms = best_ms(z.decompress, lambda: bytes(bytearray(zblob)))
     ours_ms = best_ms(decompress_bytes, lambda: bytes(bytearray(blob)))
-    digests_ms = best_ms(lambda _: [xxhash.xxh3_64_intdigest(c.payload) for c in chunks])
     zstd_ms = best_ms(stage_planes)
     merge_ms = best_ms(stage_merge, lambda: target.fill(0))
     numpy_ms = best_ms(stage_merge_numpy, lambda: target.fill(0))
-    whole_ms = best_ms(lambda _: xxhash.xxh3_64(data).intdigest())
+    view = memoryview(data)
+    digests_ms = best_ms(lambda _: [xxhash.xxh3_64_intdigest(view[c.raw_offset:c.raw_offset + c.raw_len])
+                                    for c in chunks])
     buffer_ms = best_ms(lambda _: container.populate(container.new_buffer(len(data))))
     return (f"| {name} ({len(data) / 1e6:.1f} MB) | {zipnn_ms:.1f} ms | {ours_ms:.1f} ms | "
-            f"{digests_ms:.1f} ms | {zstd_ms:.1f} ms | {merge_ms:.1f} ms | {numpy_ms:.1f} ms | "
-            f"{whole_ms:.1f} ms | {buffer_ms:.1f} ms |")
+            f"{zstd_ms:.1f} ms | {merge_ms:.1f} ms | {numpy_ms:.1f} ms | {digests_ms:.1f} ms | "
+            f"{buffer_ms:.1f} ms |")
 
 
 def flip_row(name: str, data: bytes, dtype: str, trials: int = 20) -> str:
@@ -323,6 +328,65 @@ def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     return rows
 
 
+CHECKS_HEAD = ["| input | threads | ZipNN | thrifty: decoded chunks' digests, then their digest "
+               "(the reader now) | the same, then the whole output's digest (files from before "
+               "`chunks_xxh3`) | payload digests, then the whole output's (the reader before) |",
+               "|---|---|---|---|---|---|"]
+
+
+def checks_rows(name: str, data: bytes, dtype: str, rounds: int = 9) -> list[str]:
+    """What the reader's checks cost: ``decompress_bytes`` on the same data as written now,
+    as written before the index had ``chunks_xxh3`` (read with a pass over the whole output),
+    and read as the reader before this table did (each payload's digest before decoding, no
+    digest of the decoded chunks, then the whole output's); ZipNN beside them. The four take
+    turns round by round; each cell is the best round, in MB/s."""
+    from zipnn import ZipNN
+
+    pack = container._pack_json
+    container._pack_json = lambda obj: pack({k: v for k, v in obj.items() if k != "chunks_xxh3"})
+    try:
+        before = compress_bytes(data)
+    finally:
+        container._pack_json = pack
+    now, check = compress_bytes(data), container.decode_chunk
+
+    def previous(chunk, out=None):  # the reader before: payload first, decoded bytes unchecked
+        if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
+            raise AssertionError("damaged")
+        if out is not None:
+            container.populate(out)
+        return planes.merge(container.decode_planes(chunk), chunk.transform, chunk.width, out)
+
+    def patched(fn, blob, threads):
+        def run(arg):
+            container.decode_chunk = fn
+            try:
+                return decompress_bytes(arg, threads=threads)
+            finally:
+                container.decode_chunk = check
+        return run, blob
+
+    rows = []
+    for threads in (1, 2):
+        z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
+        ways = [(z.decompress, z.compress(bytes(bytearray(data)))), patched(check, now, threads),
+                patched(check, before, threads), patched(previous, before, threads)]
+        best = [float("inf")] * len(ways)
+        for _ in range(rounds):
+            for k, (fn, blob) in enumerate(ways):
+                arg = bytes(bytearray(blob))  # a fresh copy outside the clock (ZipNN writes to it)
+                t0 = time.perf_counter()
+                out = fn(arg)
+                best[k] = min(best[k], time.perf_counter() - t0)
+                if len(out) != len(data):
+                    sys.exit(f"{name}: did not round-trip")
+                del out
+        mb = [len(data) / 1e6 / t for t in best]
+        rows.append(f"| {name} | {threads} | {mb[0]:,.0f} | " + " | ".join(
+            f"{m:,.0f} ({m / mb[0]:.2f}x)" for m in mb[1:]) + " |")
+    return rows
+
+
 LOOP_HEAD = ["| malloc | codec | each round: ms (page faults) |", "|---|---|---|"]
 
 
@@ -432,6 +496,18 @@ def buffers_only() -> None:
     print("\n" + machine())
 
 
+def checks_only() -> None:
+    """Table 8 alone: ``--checks``."""
+    bench.fresh_malloc()
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = minilm_path()
+        bf16 = converted(fp32, torch.bfloat16, Path(tmp) / "bf16.safetensors")
+        print("## What the reader's checks cost, MB/s (and against ZipNN's)\n")
+        print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
+                         *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
+    print("\n" + machine())
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--loop"]:
         loop(*sys.argv[2:5])
@@ -441,6 +517,9 @@ def main() -> int:
         return 0
     if sys.argv[1:2] == ["--buffers"]:
         buffers_only()
+        return 0
+    if sys.argv[1:2] == ["--checks"]:
+        checks_only()
         return 0
     bench.fresh_malloc()
     with tempfile.TemporaryDirectory() as tmp:
@@ -463,6 +542,9 @@ def main() -> int:
         print("\n".join([*LOOP_HEAD, *loop_rows(bf16)]))
         print("\n## What the container costs a small file\n")
         print("\n".join([*SMALL_HEAD, small_files_row()]))
+        print("\n## What the reader's checks cost, MB/s (and against ZipNN's)\n")
+        print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
+                         *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
     print("\n" + machine())
     return 0
 

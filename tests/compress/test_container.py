@@ -681,15 +681,85 @@ def _swap_chunks(blob: bytes) -> bytes:
     return swapped
 
 
+def _noise(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
 def test_intact_chunks_out_of_place_are_caught():
-    """Each chunk checks out on its own: the index finds frames that moved, and the whole-file
-    digest chunks of the same size that traded places."""
+    """Each chunk checks out on its own: the index finds frames that moved, and the digest of
+    the chunks' digests in order chunks of the same size that traded places."""
     data = bytes(range(256)) * 16 + bytes(4096)  # two chunks of 4096 bytes, coded to unequal sizes
     with pytest.raises(ThriftyError, match="chunk 1 at byte .*not where the index puts it"):
         compress.decompress_bytes(_swap_chunks(compress.compress_bytes(data, **SMALL)))
-    noise = np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes()  # stored raw
+    noise = _noise(8192, 0)  # stored raw: frames of the same size
     with pytest.raises(ThriftyError, match="checksum of the whole file"):
         compress.decompress_bytes(_swap_chunks(compress.compress_bytes(noise, **SMALL)))
+
+
+def test_a_chunk_from_another_file_is_caught():
+    """A frame that checks out by itself, at the right place, but from another container."""
+    a = bytes(compress.compress_bytes(_noise(8192, 1), **SMALL))
+    b = bytes(compress.compress_bytes(_noise(8192, 2), **SMALL))
+    start = list(container.Reader(io.BytesIO(a), "x").chunks())[1].offset  # the last chunk's
+    end = int.from_bytes(a[-16:-8], "little")  # the index's, from the trailer
+    assert len(a) == len(b) and b[-16:-8] == a[-16:-8]  # (stored raw: the same layout)
+    mixed = a[:start] + b[start:end] + a[end:]
+    with pytest.raises(ThriftyError, match="checksum of the whole file"):
+        compress.decompress_bytes(mixed)
+
+
+def test_the_index_digests_the_original_and_its_chunks():
+    import xxhash
+
+    data = _noise(10_000, 3)
+    blob = compress.compress_bytes(data, **SMALL)
+    reader = container.Reader(io.BytesIO(bytes(blob)), "x")
+    chunks = list(reader.chunks())
+    assert reader.header["chunks_xxh3"] is True
+    # the whole original's, as `xxhsum -H3` gives it, for checking the output with other tools
+    assert reader.index["xxh3_64"] == xxhash.xxh3_64(data).hexdigest()
+    # and the one readers check: every chunk's raw-byte digest, in order, little-endian
+    listed = b"".join(xxhash.xxh3_64(data[c.raw_offset:c.raw_offset + c.raw_len]).intdigest()
+                      .to_bytes(8, "little") for c in chunks)
+    assert len(chunks) == 3 and reader.index["chunks_xxh3"] == xxhash.xxh3_64(listed).hexdigest()
+
+
+def test_files_without_the_chunks_digest_are_checked_whole(monkeypatch):
+    """Files written before the index had chunks_xxh3 are checked against the whole-file
+    digest: still read, and still caught when equal chunks trade places."""
+    pack = container._pack_json
+
+    def as_before(obj):
+        return pack({k: v for k, v in obj.items() if k != "chunks_xxh3"})
+
+    monkeypatch.setattr(container, "_pack_json", as_before)
+    noise = _noise(8192, 0)
+    blob = bytes(compress.compress_bytes(noise, **SMALL))
+    monkeypatch.undo()
+    assert "chunks_xxh3" not in container.Reader(io.BytesIO(blob), "x").header
+    assert bytes(compress.decompress_bytes(blob, threads=2)) == noise
+    with pytest.raises(ThriftyError, match="checksum of the whole file"):
+        compress.decompress_bytes(_swap_chunks(blob))
+    old = (DATA / "v3-text.txt.thz").read_bytes()  # written by 6340552, before chunks_xxh3
+    assert "chunks_xxh3" not in container.Reader(io.BytesIO(old), "x").header
+    assert bytes(compress.decompress_bytes(old)) == (DATA / "v3-text.txt").read_bytes()
+
+
+def test_a_damaged_chunk_is_told_from_one_that_never_made_its_bytes():
+    """Decoding is checked on the decoded bytes; when they are wrong, the payload's digest
+    says whether the file was damaged or the coded data was wrong from the start."""
+    data = _STDLIB_TEXT[:4096]
+    blob = bytearray(compress.compress_bytes(data, **SMALL))
+    chunk = next(container.Reader(io.BytesIO(bytes(blob)), "x").chunks())
+    assert chunk.planes[0][0] != 0  # coded, not stored
+    payload_at = chunk.offset + 1 + container._CHUNK.size + 5 * len(chunk.planes) + 4
+    blob[payload_at + len(chunk.payload) // 2] ^= 0x10
+    with pytest.raises(ThriftyError, match="chunk 0 at byte .*checksum mismatch in its coded data"):
+        compress.decompress_bytes(blob)
+    wrong = container.Chunk(0, 0, 0, chunk.raw_len, chunk.transform, chunk.width, chunk.raw_xxh ^ 1,
+                            chunk.payload_xxh, chunk.planes, chunk.payload)
+    with pytest.raises(ThriftyError, match="checksum mismatch after decoding"):
+        container.decode_chunk(wrong)
 
 
 def test_wrong_magic_and_version_are_named():

@@ -5,7 +5,8 @@ The byte layout is specified in docs/format.md. In short::
     header   MAGIC, version, zstd-framed JSON (codec, chunk size, kind, size, segments), xxh3
     chunk*   'C', transform, width, planes, raw length, xxh3 of the raw bytes and of the payload,
              per plane (coding, stored length), crc32 of this frame header, then the planes
-    index    'I', zstd-framed JSON (chunk table, original size, xxh3 of the original), xxh3
+    index    'I', zstd-framed JSON (chunk table, original size, xxh3 of the original and of the
+             chunks' digests in order), xxh3
     trailer  offset of the index, END_MAGIC
 
 Every byte is covered by a checksum, so truncation or a flipped bit is found before a byte of
@@ -260,25 +261,32 @@ def decode_planes(chunk: Chunk) -> list:
     return parts
 
 
-def decode_chunk(chunk: Chunk, out=None, check_raw: bool = True) -> memoryview:
+def decode_chunk(chunk: Chunk, out=None) -> memoryview:
     """The raw bytes of ``chunk``, written into ``out`` (a part of a :func:`new_buffer` as long
-    as the chunk's raw bytes) when given; raises ThriftyError when anything does not check
-    out. A caller that checks the whole file's digest may skip each chunk's digest of its
-    decoded bytes (``check_raw``): the payload digest still names a damaged chunk, and the
-    whole-file digest catches any chunk that decoded wrongly, or out of place."""
-    if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
-        raise ThriftyError("checksum mismatch in its coded data")
-    parts = decode_planes(chunk)
-    if out is None and chunk.transform != planes.NONE:  # (a plain chunk is its one plane)
-        out = memoryview(np.empty(chunk.raw_len, np.uint8))
-    elif out is not None:
-        populate(out)
+    as the chunk's raw bytes) when given; raises ThriftyError when anything does not check out.
+
+    The digest checked is that of the decoded bytes, while they are still in this core's cache.
+    The payload's digest is looked at only when decoding fails or gives the wrong bytes, to say
+    which: a damaged file, or coded data that never made these bytes (a writer's bug). Checking
+    it first as well would read every payload once more for no more certainty: the decoders
+    take any bytes without harm (the property tests feed them bit flips) and the decoded
+    digest catches whatever they make of damaged ones."""
     try:
-        raw = planes.merge(parts, chunk.transform, chunk.width, out)
-    except ValueError as e:  # varints or words that do not make the chunk
-        raise ThriftyError(f"does not decode ({e})") from None
-    if check_raw and xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
-        raise ThriftyError("checksum mismatch after decoding")
+        parts = decode_planes(chunk)
+        if out is None and chunk.transform != planes.NONE:  # (a plain chunk is its one plane)
+            out = memoryview(np.empty(chunk.raw_len, np.uint8))
+        elif out is not None:
+            populate(out)
+        try:
+            raw = planes.merge(parts, chunk.transform, chunk.width, out)
+        except ValueError as e:  # varints or words that do not make the chunk
+            raise ThriftyError(f"does not decode ({e})") from None
+        if xxhash.xxh3_64_intdigest(raw) != chunk.raw_xxh:
+            raise ThriftyError("checksum mismatch after decoding")
+    except ThriftyError:
+        if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
+            raise ThriftyError("checksum mismatch in its coded data") from None
+        raise
     return raw
 
 
@@ -298,6 +306,7 @@ def write(
         "codec": opts.codec, "level": opts.level, "chunk_size": opts.chunk_size, "kind": kind,
         "original_size": size, "segments": [s.to_json() for s in segments or []],
         "tensors": [t.to_json() for t in tensors or []],
+        "chunks_xxh3": True,  # the index will hold it (files from before it have only xxh3_64)
     }
     hjson = _pack_json(header)
     # A sink with memory of its own (compress_bytes) has the frames copied into it on the pool's
@@ -312,7 +321,7 @@ def write(
     written = _HEAD.size + len(hjson) + 8
     copies: list[Future] = []
 
-    whole = xxhash.xxh3_64()
+    whole, listed = xxhash.xxh3_64(), xxhash.xxh3_64()  # the original; its chunks' digests
     stats = Stats()
     table: list[list[int]] = []
     pending: collections.deque = collections.deque()
@@ -327,6 +336,7 @@ def write(
             start = written
             for frame, (raw_offset, raw_len, seg) in zip(frames, metas, strict=True):
                 table.append([written, raw_offset, raw_len])
+                listed.update(_U64.pack(_CHUNK.unpack_from(frame[0], 1)[5]))  # raw bytes' xxh3
                 _account(stats, seg, frame[0])
                 if not placing:
                     for part in frame:
@@ -411,7 +421,8 @@ def write(
     if segments is not None and src.read(1):
         raise ThriftyError("input grew while being read")
     stats.original = raw_pos
-    index = {"original_size": raw_pos, "xxh3_64": whole.hexdigest(), "chunks": table}
+    index = {"original_size": raw_pos, "xxh3_64": whole.hexdigest(),
+             "chunks_xxh3": listed.hexdigest(), "chunks": table}
     ijson = _pack_json(index)
     tail = b"I" + _U32.pack(len(ijson)) + ijson + _U64.pack(xxhash.xxh3_64_intdigest(ijson))
     tail += _TRAILER.pack(written, END_MAGIC)
@@ -602,14 +613,22 @@ def read_all(
     # A sink that can hand out its own memory (decompress_bytes) has chunks decoded straight
     # into it; any other gets each chunk written to it in order.
     target = out.reserve(size) if size is not None and hasattr(out, "reserve") else None
-    whole = xxhash.xxh3_64()
+    # Each chunk's decoded bytes are checked against their digest as they are decoded. The
+    # index holds a digest of those digests in order, which ties every chunk to its place and
+    # to this file: checking it does what checking the whole original's digest does, without a
+    # second pass over the output. Files from before it have only the whole-file digest.
+    listed = xxhash.xxh3_64()
+    whole = None if reader.header.get("chunks_xxh3") else xxhash.xxh3_64()
     pool = executor(threads)
     pending: collections.deque = collections.deque()
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
-            for raw in pending.popleft().result():
-                whole.update(raw)
+            future, digests = pending.popleft()
+            listed.update(digests)
+            for raw in future.result():
+                if whole is not None:
+                    whole.update(raw)
                 if target is None:
                     out.write(raw)
                 if progress:
@@ -624,7 +643,8 @@ def read_all(
         nonlocal batch, batch_bytes
         if batch:
             runner = _INLINE if batch_bytes < SMALL_CHUNK else pool
-            pending.append(runner.submit(_decode_batch, name, batch))
+            digests = b"".join(_U64.pack(chunk.raw_xxh) for chunk, _ in batch)
+            pending.append((runner.submit(_decode_batch, name, batch), digests))
             batch, batch_bytes = [], 0
             drain(2 * threads)
 
@@ -642,7 +662,8 @@ def read_all(
         drain(0)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    if whole.hexdigest() != reader.index["xxh3_64"]:
+    if (whole.hexdigest() != reader.index["xxh3_64"] if whole is not None
+            else listed.hexdigest() != reader.index.get("chunks_xxh3")):
         raise ThriftyError(f"{name}: checksum of the whole file does not match")
     if size is not None and size != reader.index["original_size"]:
         raise ThriftyError(f"{name}: header and index disagree on the original size")
@@ -651,7 +672,7 @@ def read_all(
 
 def _decode_batch(name: str, items: list[tuple[Chunk, memoryview | None]]) -> list[memoryview]:
     """decode_chunk for each (chunk, its place in the output)."""
-    return [_naming(name, chunk, decode_chunk, chunk, dst, False) for chunk, dst in items]
+    return [_naming(name, chunk, decode_chunk, chunk, dst) for chunk, dst in items]
 
 
 def _naming(name: str, chunk: Chunk, fn: Callable, *args):
