@@ -812,3 +812,40 @@ def test_a_safetensors_header_longer_than_the_first_read_is_still_understood(tmp
     assert archive.tensors[0].offset > (1 << 16)
     assert torch.equal(compress.read_tensor(tmp_path / "many.thz", "layer.2999.weight"),
                        tensors["layer.2999.weight"])
+
+
+POOLED = dict(chunk_size=1 << 19)  # chunks big enough to go to the pool, not the calling thread
+
+
+def test_the_pool_is_kept_and_outlives_a_failed_call():
+    data = _STDLIB_TEXT
+    blob = bytes(compress.compress_bytes(data, threads=2, **POOLED))
+    assert container.executor(2) is container.executor(2)
+    damaged = bytearray(blob)
+    damaged[len(blob) // 2] ^= 1
+    with pytest.raises(ThriftyError):
+        compress.decompress_bytes(damaged, threads=2)
+    assert bytes(compress.decompress_bytes(blob, threads=2)) == data
+
+
+def _round_trip_in_child(queue, data):
+    blob = compress.compress_bytes(data, threads=2, **POOLED)
+    queue.put(bytes(compress.decompress_bytes(blob, threads=2)) == data)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork")
+def test_a_forked_child_makes_a_pool_of_its_own():
+    """The parent's pool threads are not in a forked child (a DataLoader worker, say)."""
+    import multiprocessing
+
+    data = _STDLIB_TEXT
+    compress.compress_bytes(data, threads=2, **POOLED)  # the parent's pool exists, idle
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_round_trip_in_child, args=(queue, data))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0 and queue.get(timeout=5) is True
