@@ -1,6 +1,6 @@
 """Where the compression targets that `compress.py` misses stand, measured rather than argued.
 
-Eight tables, no targets (exit status 0 unless something fails to round-trip):
+Nine tables, no targets (exit status 0 unless something fails to round-trip):
 
 1. Decompressing MiniLM's weights (bf16 and fp32) on one thread: ZipNN's time beside thrifty's,
    thrifty's time split into its stages (zstd, merging planes compiled and, as where no C
@@ -32,12 +32,15 @@ Eight tables, no targets (exit status 0 unless something fails to round-trip):
    reader checks them now (each decoded chunk's digest, then the index's digest of those
    digests), with a pass over the whole output (files from before ``chunks_xxh3``), and as the
    reader checked them before (each payload's digest, then the whole output's); ZipNN beside.
+9. What keeping the thread pools buys: two-thread compression of the text and decompression
+   of MiniLM bf16 with the pool the process keeps, and with a new pool per call.
 
 Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
 Usage: python benchmarks/compress_limits.py [--buffers | --checks]
 (--buffers: only the time a fresh 95 MiB buffer's pages take with and without transparent huge
-pages, round after round, then table 5 for MiniLM bf16 and for fp32; --checks: only table 8)
+pages, round after round, then table 5 for MiniLM bf16 and for fp32; --checks: only tables 8
+and 9)
 """
 
 from __future__ import annotations
@@ -387,6 +390,55 @@ def checks_rows(name: str, data: bytes, dtype: str, rounds: int = 9) -> list[str
     return rows
 
 
+POOL_HEAD = ["| input, 2 threads | thrifty, a pool per call (as before 15bd23b) | thrifty, the pool the "
+             "process keeps (now) | the reference codec, same rounds |", "|---|---|---|---|"]
+
+
+def pool_rows(text: bytes, bf16: bytes, rounds: int = 7) -> list[str]:
+    """thrifty at two threads with a new pool for every call (shut down at its end) and with
+    the pool the process keeps, beside ZipNN (bf16) or zstd -3 (text): the three take turns
+    round by round as in compress.py, one compression and one decompression each. Cells:
+    compress / decompress MB/s, best round."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import zipnn
+    import zstandard
+
+    kept, made = container.executor, []
+
+    def fresh_pool(threads):
+        if threads == 1:
+            return kept(1)
+        made.append(ThreadPoolExecutor(threads, initializer=container._leave_signals_to_main))
+        return made[-1]
+
+    def per_call(fn):
+        def run(arg):
+            container.executor = fresh_pool
+            try:
+                return fn(arg)
+            finally:
+                container.executor = kept
+                while made:
+                    made.pop().shutdown(wait=True)
+        return run
+
+    enc, dec = (lambda d: compress_bytes(d, threads=2)), (lambda b: decompress_bytes(b, threads=2))
+    z = zipnn.ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=2)
+    zstd3 = zstandard.ZstdCompressor(level=3, threads=2)
+    rows = []
+    for name, data, ref in (("MiniLM bf16", bf16, bench._Codec("ZipNN", z.compress, z.decompress, rounds, 2)),
+                            ("text (stdlib .py)", text, bench._Codec(
+                                "zstd -3", zstd3.compress, zstandard.ZstdDecompressor().decompress,
+                                rounds, 2))):
+        codecs_ = [bench._Codec("per call", per_call(enc), per_call(dec), rounds, 2),
+                   bench._Codec("kept", enc, dec, rounds, 2), ref]
+        r = bench._measure(codecs_, data)
+        rows.append(f"| {name} | " + " | ".join(
+            f"{c.compress_mb_s:,.0f} / {c.decompress_mb_s:,.0f}" for c in r) + f" ({ref.name}) |")
+    return rows
+
+
 LOOP_HEAD = ["| malloc | codec | each round: ms (page faults) |", "|---|---|---|"]
 
 
@@ -505,6 +557,8 @@ def checks_only() -> None:
         print("## What the reader's checks cost, MB/s (and against ZipNN's)\n")
         print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
                          *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
+        print("\n## A pool kept for the process against a pool per call\n")
+        print("\n".join([*POOL_HEAD, *pool_rows(stdlib_text(32 << 20), bf16.read_bytes())]))
     print("\n" + machine())
 
 
@@ -545,6 +599,8 @@ def main() -> int:
         print("\n## What the reader's checks cost, MB/s (and against ZipNN's)\n")
         print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
                          *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
+        print("\n## A pool kept for the process against a pool per call\n")
+        print("\n".join([*POOL_HEAD, *pool_rows(stdlib_text(32 << 20), bf16.read_bytes())]))
     print("\n" + machine())
     return 0
 

@@ -132,10 +132,11 @@ def executor(threads: int):
     """Where chunks are coded: the calling thread for ``threads=1``, else a pool of that many
     threads, made on first use and kept for the life of the process. A kept pool's threads
     keep their zstd contexts (cached per thread) and their malloc arenas warm from one call to
-    the next, as zstd's own multi-threaded context does with its workers: the standard
-    library's text compressed 5-7% faster on two threads than with a pool per call (side by
-    side in one process). A call that fails cancels its own work and waits for what had
-    started (:func:`_settle`); it never shuts a pool down."""
+    the next, as zstd's own multi-threaded context does with its workers: on two threads the
+    standard library's text compresses about 1.1x as fast as with a pool per call, and MiniLM
+    decodes about as fast (``benchmarks/compress_limits.py --checks``, table 9). A call that
+    fails cancels its own work and waits for what had started (:func:`_settle`); it never
+    shuts a pool down."""
     if threads == 1:
         return _INLINE
     with _POOLS_LOCK:
