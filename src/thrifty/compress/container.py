@@ -655,6 +655,11 @@ def read_all(
     whole = None if reader.header.get("chunks_xxh3") else xxhash.xxh3_64()
     pool = executor(threads)
     pending: collections.deque = collections.deque()
+    # How many batches may be in flight. Into a sink's own memory, decoded chunks take no more
+    # room for being waited on later, so the calling thread hands out up to 64 MiB of them
+    # before it waits for the oldest (waits that each cost a thread wake-up); written out in
+    # order, each waits in memory until then, so a few per thread.
+    ahead = max(2 * threads, (64 << 20) // READ_BATCH) if target is not None else 2 * threads
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -680,7 +685,7 @@ def read_all(
             digests = b"".join(_U64.pack(chunk.raw_xxh) for chunk, _ in batch)
             pending.append((runner.submit(_decode_batch, name, batch), digests))
             batch, batch_bytes = [], 0
-            drain(2 * threads)
+            drain(ahead)
 
     try:
         for chunk in reader.chunks():
