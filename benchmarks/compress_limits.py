@@ -45,11 +45,13 @@ and 9)
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -534,12 +536,27 @@ def pages(size: str, rounds: str, huge: str) -> None:
     print(", ".join(cells))
 
 
-def buffers_only() -> None:
-    """The pages table, then table 5 for bf16 and for fp32: ``--buffers``."""
+@contextlib.contextmanager
+def minilm() -> Iterator[tuple[Path, Path]]:
+    """MiniLM's weights as shipped (fp32) and converted to bf16, with fresh_malloc in force."""
     bench.fresh_malloc()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = minilm_path()
-        bf16 = converted(fp32, torch.bfloat16, Path(tmp) / "bf16.safetensors")
+        yield fp32, converted(fp32, torch.bfloat16, Path(tmp) / "bf16.safetensors")
+
+
+def print_checks(fp32: Path, bf16: Path) -> None:
+    """Tables 8 and 9."""
+    print("## What the reader's checks cost, MB/s (and against ZipNN's)\n")
+    print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
+                     *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
+    print("\n## A pool kept for the process against a pool per call\n")
+    print("\n".join([*POOL_HEAD, *pool_rows(stdlib_text(32 << 20), bf16.read_bytes())]))
+
+
+def buffers_only() -> None:
+    """The pages table, then table 5 for bf16 and for fp32: ``--buffers``."""
+    with minilm() as (fp32, bf16):
         print("## Fresh pages for a 95 MiB buffer, 1 MiB per populate call, one process each\n")
         print("\n".join([*PAGES_HEAD, *pages_rows()]))
         for name, path in (("bf16", bf16), ("fp32", fp32)):
@@ -549,16 +566,9 @@ def buffers_only() -> None:
 
 
 def checks_only() -> None:
-    """Table 8 alone: ``--checks``."""
-    bench.fresh_malloc()
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = minilm_path()
-        bf16 = converted(fp32, torch.bfloat16, Path(tmp) / "bf16.safetensors")
-        print("## What the reader's checks cost, MB/s (and against ZipNN's)\n")
-        print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
-                         *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
-        print("\n## A pool kept for the process against a pool per call\n")
-        print("\n".join([*POOL_HEAD, *pool_rows(stdlib_text(32 << 20), bf16.read_bytes())]))
+    """Tables 8 and 9 alone: ``--checks``."""
+    with minilm() as (fp32, bf16):
+        print_checks(fp32, bf16)
     print("\n" + machine())
 
 
@@ -596,11 +606,8 @@ def main() -> int:
         print("\n".join([*LOOP_HEAD, *loop_rows(bf16)]))
         print("\n## What the container costs a small file\n")
         print("\n".join([*SMALL_HEAD, small_files_row()]))
-        print("\n## What the reader's checks cost, MB/s (and against ZipNN's)\n")
-        print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
-                         *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
-        print("\n## A pool kept for the process against a pool per call\n")
-        print("\n".join([*POOL_HEAD, *pool_rows(stdlib_text(32 << 20), bf16.read_bytes())]))
+        print()
+        print_checks(fp32, bf16)
     print("\n" + machine())
     return 0
 

@@ -833,7 +833,6 @@ def _round_trip_in_child(queue, data):
     queue.put(bytes(compress.decompress_bytes(blob, threads=2)) == data)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="fork")
 def test_a_forked_child_makes_a_pool_of_its_own():
     """The parent's pool threads are not in a forked child (a DataLoader worker, say)."""
     import multiprocessing
