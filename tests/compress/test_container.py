@@ -192,11 +192,27 @@ def test_words_past_a_million_distinct_tokens_round_trip():
     assert bytes(out) == text
 
 
+_DIRTY = bytearray(planes.compiled.words_scratch(600)) if planes.compiled else bytearray()
+
+
+def test_words_scratch_must_be_big_enough_and_writable():
+    text = b"some words, some words"
+    need = planes.compiled.words_scratch(len(text))
+    assert planes.compiled.words_encode(text, bytearray(need)) == planes.compiled.words_encode(text)
+    with pytest.raises(ValueError, match="scratch holds"):
+        planes.compiled.words_encode(text, bytearray(need - 1))
+    with pytest.raises(BufferError):
+        planes.compiled.words_encode(text, bytes(need))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600).map(lambda b: bytes(b" \t\nab_(\x00\xff"[x % 9] for x in b)))
 def test_compiled_words_match_python_byte_for_byte(text):
     ours = planes.compiled.words_encode(text)
     assert ours == planes.words_encode_python(text)
+    # the same with working memory kept from earlier calls, whatever they left in it
+    _DIRTY[:] = bytes([0xAB]) * len(_DIRTY)
+    assert planes.compiled.words_encode(text, _DIRTY) == ours
     a, b = bytearray(len(text)), np.full(len(text), 7, np.uint8)
     planes.compiled.words_decode(*ours, a)
     planes.words_decode_python(*ours, b)
