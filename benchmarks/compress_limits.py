@@ -1,6 +1,6 @@
 """Where the compression targets that `compress.py` misses stand, measured rather than argued.
 
-Nine tables, no targets (exit status 0 unless something fails to round-trip):
+Ten tables, no targets (exit status 0 unless something fails to round-trip):
 
 1. Decompressing MiniLM's weights (bf16 and fp32) on one thread: ZipNN's time beside thrifty's,
    thrifty's time split into its stages (zstd, merging planes compiled and, as where no C
@@ -34,13 +34,16 @@ Nine tables, no targets (exit status 0 unless something fails to round-trip):
    reader checked them before (each payload's digest, then the whole output's); ZipNN beside.
 9. What keeping the thread pools buys: two-thread compression of the text and decompression
    of MiniLM bf16 with the pool the process keeps, and with a new pool per call.
+10. What keeping the words coder's working memory per thread buys: the text compressed five
+    times on one thread in a fresh process, with it kept, with it allocated and freed for every
+    chunk, and by zstd -3, each alone and the three in turns; MB/s and page faults per round.
 
 Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
 Usage: python benchmarks/compress_limits.py [--buffers | --checks]
 (--buffers: only the time a fresh 95 MiB buffer's pages take with and without transparent huge
 pages, round after round, then table 5 for MiniLM bf16 and for fp32; --checks: only tables 8
-and 9)
+to 10)
 """
 
 from __future__ import annotations
@@ -441,6 +444,33 @@ def pool_rows(text: bytes, bf16: bytes, rounds: int = 7) -> list[str]:
     return rows
 
 
+SCRATCH_HEAD = ["| run | coder | each round: MB/s (page faults) |", "|---|---|---|"]
+
+
+def scratch_rows() -> list[str]:
+    """Table 10, from child processes that import only thrifty.compress, as the command does
+    (``_words_loop.py``): the text compressed on one thread five times back to back with the
+    words coder's working memory kept per thread, five times with it allocated and freed for
+    every chunk, and five times by zstd -3; then the three taking turns in one process."""
+    child = Path(__file__).with_name("_words_loop.py")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "text.py"
+        path.write_bytes(stdlib_text(32 << 20))
+
+        def run(modes: str) -> list[str]:
+            return subprocess.run([sys.executable, str(child), str(path), modes], check=True,
+                                  capture_output=True, text=True).stdout.strip().splitlines()
+
+        labels = {"per-chunk": "thrifty, working memory allocated per chunk (as before)",
+                  "kept": "thrifty, kept per thread (now)", "zstd": "zstd -3"}
+        for mode, label in labels.items():
+            rows.append(f"| alone | {label} | {run(mode)[0]} |")
+        rows += [f"| in turns | {label} | {line} |"
+                 for label, line in zip(labels.values(), run("per-chunk,kept,zstd"), strict=True)]
+    return rows
+
+
 LOOP_HEAD = ["| malloc | codec | each round: ms (page faults) |", "|---|---|---|"]
 
 
@@ -546,12 +576,16 @@ def minilm() -> Iterator[tuple[Path, Path]]:
 
 
 def print_checks(fp32: Path, bf16: Path) -> None:
-    """Tables 8 and 9."""
+    """Tables 8 to 10."""
     print("## What the reader's checks cost, MB/s (and against ZipNN's)\n")
     print("\n".join([*CHECKS_HEAD, *checks_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
                      *checks_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
+    text = stdlib_text(32 << 20)
     print("\n## A pool kept for the process against a pool per call\n")
-    print("\n".join([*POOL_HEAD, *pool_rows(stdlib_text(32 << 20), bf16.read_bytes())]))
+    print("\n".join([*POOL_HEAD, *pool_rows(text, bf16.read_bytes())]))
+    print("\n## Words' working memory kept per thread against allocated per chunk: the stdlib "
+          "text, one thread, back to back in a fresh process each\n")
+    print("\n".join([*SCRATCH_HEAD, *scratch_rows()]))
 
 
 def buffers_only() -> None:
@@ -566,7 +600,7 @@ def buffers_only() -> None:
 
 
 def checks_only() -> None:
-    """Tables 8 and 9 alone: ``--checks``."""
+    """Tables 8 to 10 alone: ``--checks``."""
     with minilm() as (fp32, bf16):
         print_checks(fp32, bf16)
     print("\n" + machine())
