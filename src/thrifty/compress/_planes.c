@@ -601,7 +601,8 @@ static PyObject *words_scratch(PyObject *self, PyObject *args)
  * at least words_scratch(len(text)) bytes, holds the working arrays; without it they are
  * allocated and freed in this call. A caller coding chunk after chunk keeps one per thread:
  * some 17 MB allocated and freed per 1 MiB chunk made glibc hand the heap's top back to the
- * kernel and fault it in again every time (a tenth of the text's coding time here). */
+ * kernel and fault it in again, chunk after chunk, where other work shared the heap
+ * (benchmarks/compress_limits.py, table 10). */
 static PyObject *words_encode(PyObject *self, PyObject *args)
 {
     Py_buffer data, work = {0};
