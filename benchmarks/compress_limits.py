@@ -336,6 +336,18 @@ def buffer_rows(data: bytes, rounds: int = 3) -> list[str]:
     return rows
 
 
+def swapped(owner, name: str, value, fn):
+    """``fn`` made to run with ``owner.name`` set to ``value`` for the length of each call."""
+    def run(arg):
+        kept = getattr(owner, name)
+        setattr(owner, name, value)
+        try:
+            return fn(arg)
+        finally:
+            setattr(owner, name, kept)
+    return run
+
+
 CHECKS_HEAD = ["| input | threads | ZipNN | thrifty: decoded chunks' digests, then their digest "
                "(the reader now) | the same, then the whole output's digest (files from before "
                "`chunks_xxh3`) | payload digests, then the whole output's (the reader before) |",
@@ -351,12 +363,10 @@ def checks_rows(name: str, data: bytes, dtype: str, rounds: int = 9) -> list[str
     from zipnn import ZipNN
 
     pack = container._pack_json
-    container._pack_json = lambda obj: pack({k: v for k, v in obj.items() if k != "chunks_xxh3"})
-    try:
-        before = compress_bytes(data)
-    finally:
-        container._pack_json = pack
-    now, check = compress_bytes(data), container.decode_chunk
+    before = swapped(container, "_pack_json",
+                     lambda obj: pack({k: v for k, v in obj.items() if k != "chunks_xxh3"}),
+                     compress_bytes)(data)
+    now = compress_bytes(data)
 
     def previous(chunk, out=None):  # the reader before: payload first, decoded bytes unchecked
         if xxhash.xxh3_64_intdigest(chunk.payload) != chunk.payload_xxh:
@@ -365,20 +375,12 @@ def checks_rows(name: str, data: bytes, dtype: str, rounds: int = 9) -> list[str
             container.populate(out)
         return planes.merge(container.decode_planes(chunk), chunk.transform, chunk.width, out)
 
-    def patched(fn, blob, threads):
-        def run(arg):
-            container.decode_chunk = fn
-            try:
-                return decompress_bytes(arg, threads=threads)
-            finally:
-                container.decode_chunk = check
-        return run, blob
-
     rows = []
     for threads in (1, 2):
         z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
-        ways = [(z.decompress, z.compress(bytes(bytearray(data)))), patched(check, now, threads),
-                patched(check, before, threads), patched(previous, before, threads)]
+        decode = lambda b, t=threads: decompress_bytes(b, threads=t)  # noqa: E731
+        ways = [(z.decompress, z.compress(bytes(bytearray(data)))), (decode, now), (decode, before),
+                (swapped(container, "decode_chunk", previous, decode), before)]
         best = [float("inf")] * len(ways)
         for _ in range(rounds):
             for k, (fn, blob) in enumerate(ways):
@@ -407,7 +409,6 @@ def pool_rows(text: bytes, bf16: bytes, rounds: int = 7) -> list[str]:
     from concurrent.futures import ThreadPoolExecutor
 
     import zipnn
-    import zstandard
 
     kept, made = container.executor, []
 
@@ -419,12 +420,10 @@ def pool_rows(text: bytes, bf16: bytes, rounds: int = 7) -> list[str]:
 
     def per_call(fn):
         def run(arg):
-            container.executor = fresh_pool
             try:
-                return fn(arg)
+                return swapped(container, "executor", fresh_pool, fn)(arg)
             finally:
-                container.executor = kept
-                while made:
+                while made:  # shut down at the end of the call, as the pools were
                     made.pop().shutdown(wait=True)
         return run
 

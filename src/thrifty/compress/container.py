@@ -133,9 +133,9 @@ def executor(threads: int):
     threads, made on first use and kept for the life of the process. A kept pool's threads
     keep their zstd contexts (cached per thread) and their malloc arenas warm from one call to
     the next, as zstd's own multi-threaded context does with its workers, and no call pays
-    for starting threads. On two threads the standard library's text compressed 1.00x-1.12x as
-    fast as with a pool per call, and MiniLM decoded about as fast
-    (``benchmarks/compress_limits.py --checks``, table 9, three runs). A call that
+    for starting threads. On two threads the standard library's text compressed 1.00x-1.20x as
+    fast as with a pool per call, and MiniLM decoded 0.88x-1.02x as fast
+    (``benchmarks/compress_limits.py --checks``, table 9, five runs). A call that
     fails cancels its own work and waits for what had started (:func:`_settle`); it never
     shuts a pool down."""
     if threads == 1:
