@@ -778,6 +778,16 @@ def test_a_damaged_chunk_is_told_from_one_that_never_made_its_bytes():
         container.decode_chunk(wrong)
 
 
+def test_a_flipped_version_bit_is_caught():
+    """3 with bit 0 flipped is 2, a version this reader also reads, laid out the same: the
+    header, under its checksum, says the version again."""
+    blob = bytearray(compress.compress_bytes(b"", **SMALL))
+    assert blob[8:10] == b"\x03\x00"
+    blob[8] ^= 1
+    with pytest.raises(ThriftyError, match="corrupt header .version 2 here, 3 in the header"):
+        compress.decompress_bytes(blob)
+
+
 def test_wrong_magic_and_version_are_named():
     blob = bytearray(compress.compress_bytes(b"hello"))
     with pytest.raises(ThriftyError, match="not a thrifty compressed file"):

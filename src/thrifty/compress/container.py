@@ -348,6 +348,7 @@ def write(
         "original_size": size, "segments": [s.to_json() for s in segments or []],
         "tensors": [t.to_json() for t in tensors or []],
         "chunks_xxh3": True,  # the index will hold it (files from before it have only xxh3_64)
+        "version": VERSION,  # again, under the checksum (see Reader)
     }
     hjson = _pack_json(header)
     # A sink with memory of its own (compress_bytes) has the frames copied into it on the pool's
@@ -563,6 +564,11 @@ class Reader:
         if xxhash.xxh3_64_intdigest(hjson) != digest:
             raise ThriftyError(f"{name}: corrupt header (checksum mismatch)")
         self.header = _unpack_json(hjson, version, name, "header")
+        # The version number sits outside the header's checksum, and flipping bit 0 of 3 gives
+        # 2, a version whose layout reads the same: so the header says it again.
+        if self.header.get("version", version) != version:
+            raise ThriftyError(f"{name}: corrupt header (version {version} here, "
+                               f"{self.header.get('version')} in the header)")
 
     @classmethod
     def at(cls, f: BinaryIO, name: str, offset: int, version: int = VERSION) -> Reader:
