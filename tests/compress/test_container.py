@@ -104,6 +104,113 @@ def test_compiled_planes_refuse_what_does_not_fit(call, message):
         call(planes.compiled)
 
 
+def test_the_compiled_chunk_decoder_is_in_use():
+    """It needs the system's libzstd and python-xxhash's XXH3_64bits; both are on this machine,
+    so decoding weights here goes through it (the tests below also run without it)."""
+    assert planes.whole_decoder() is not None
+
+
+def _coded_chunk(data: bytes, transform: int, width: int, codings: list[int]):
+    """(payload, planes) of ``data`` split into planes, plane k coded by codings[k]."""
+    import zstandard
+
+    parts, table = [], []
+    for k, plane in enumerate(planes.split(data, transform, width)):
+        coded = zstandard.ZstdCompressor(level=3).compress(plane) if codings[k] else bytes(plane)
+        parts.append(coded)
+        table.append((codings[k], len(coded)))
+    return b"".join(parts), table
+
+
+@given(st.binary(min_size=1, max_size=6000), st.sampled_from([planes.FLOAT, planes.BYTES]),
+       st.sampled_from([2, 4, 8]), st.lists(st.booleans(), min_size=8, max_size=8),
+       st.integers(0, 3))
+def test_compiled_chunks_match_the_ordinary_path(data, transform, width, codings, offset):
+    """The compiled decoder's bytes and digest, for any mix of stored and zstd planes, into a
+    buffer at any offset, are those of the plain merge and xxh3."""
+    import xxhash
+
+    data = data[:len(data) // width * width] or bytes(width)
+    payload, table = _coded_chunk(data, transform, width, [int(c) for c in codings[:width]])
+    buffer = np.full(len(data) + 2 * offset, 0xAA, np.uint8)
+    out = memoryview(buffer)[offset:offset + len(data)]
+    (digest,) = planes.compiled.decode_chunks(planes.whole_decoder(),
+                                              [(payload, table, transform, width, out)], False)
+    assert bytes(out) == data and digest == xxhash.xxh3_64_intdigest(data)
+    assert (buffer[:offset] == 0xAA).all() and (buffer[offset + len(data):] == 0xAA).all()
+
+
+def test_compiled_chunks_say_which_did_not_decode():
+    """A plane that is not exactly one zstd frame of exactly its share of the chunk comes back
+    as None, and the others in the batch decode all the same."""
+    data = _float_bytes(2048, torch.bfloat16)
+    payload, table = _coded_chunk(data, planes.FLOAT, 2, [1, 0])
+    coded, rest = payload[:table[0][1]], payload[table[0][1]:]
+    short, _ = _coded_chunk(data[:-2], planes.FLOAT, 2, [1, 0])
+
+    def item(first: bytes, second: bytes = rest):
+        return (first + second, [(1, len(first)), (0, len(second))], planes.FLOAT, 2,
+                bytearray(len(data)))
+
+    got = planes.compiled.decode_chunks(planes.whole_decoder(), [
+        item(coded),
+        item(coded[:-3] + bytes(3)),  # the end of the frame zeroed
+        item(coded + coded),  # two frames
+        item(short[:len(short) - len(rest) + 1]),  # a frame of one value too few
+        item(coded, rest[:-1] + b"\x00\x00"),  # a stored plane of one byte too many
+        item(coded),
+    ], False)
+    assert got[0] == got[5] is not None and got[1:5] == [None] * 4
+
+
+@pytest.mark.parametrize("item,message", [
+    ((b"ab", [(0, 2)], planes.FLOAT, 2, bytearray(4)), "do not make up the chunk"),
+    ((b"abcd", [(0, 2), (0, 1)], planes.FLOAT, 2, bytearray(4)), "do not make up the chunk"),
+    ((b"abcd", [(0, 2), (2, 2)], planes.FLOAT, 2, bytearray(4)), "do not make up the chunk"),
+    ((b"abcd", [(0, 2), (0, 2)], planes.FLOAT, 2, bytearray(5)), "do not make up the chunk"),
+    ((b"abcd", [(0, 2), (0, 2)], planes.FLOAT, 3, bytearray(4)), "no plane transform"),
+    ((b"abcd", [(0, 2), (0, 2)], planes.FLOAT, 2, b"read"), "read-write"),
+])
+def test_compiled_chunks_refuse_what_does_not_fit(item, message):
+    """Checked before any byte is written, for the whole batch."""
+    out = bytearray(4)
+    good = (b"abcd", [(0, 2), (0, 2)], planes.FLOAT, 2, out)
+    with pytest.raises((ValueError, TypeError), match=message):
+        planes.compiled.decode_chunks(planes.whole_decoder(), [good, item], False)
+    assert out == bytearray(4)
+
+
+@pytest.fixture(params=["compiled", "ordinary"])
+def chunk_decoder(request, monkeypatch):
+    """Container tests of weights run with the compiled chunk decoder and without it."""
+    if request.param == "ordinary":
+        monkeypatch.setattr(planes, "whole_decoder", lambda: None)
+    return request.param
+
+
+def test_a_damaged_float_chunk_is_told_the_same_either_way(chunk_decoder):
+    data = _float_bytes(8192, torch.bfloat16)
+    blob = bytearray(compress.compress_bytes(data, dtype="bfloat16", **SMALL))
+    chunks = list(container.Reader(io.BytesIO(bytes(blob)), "x").chunks())
+    assert all(c.planes[0][0] == 1 for c in chunks)  # the exponents zstd-coded
+    second = chunks[1]
+    payload_at = second.offset + 1 + container._CHUNK.size + 5 * len(second.planes) + 4
+    blob[payload_at + 7] ^= 0x04
+    with pytest.raises(ThriftyError, match="chunk 1 at byte .*checksum mismatch in its coded data"):
+        compress.decompress_bytes(blob, threads=2)
+    assert bytes(compress.decompress_bytes(compress.compress_bytes(data, dtype="bfloat16", **SMALL),
+                                           threads=2)) == data
+
+
+def test_without_libzstd_decoding_takes_the_ordinary_path(monkeypatch):
+    monkeypatch.setattr(planes, "_ZSTD_NAMES", ("libthrifty-has-no-such-library.so",))
+    assert planes._bind_whole() is False
+    monkeypatch.setitem(planes._WHOLE, "ready", False)
+    assert planes.whole_decoder() is None
+    data = _float_bytes(20000, torch.float32)
+    assert bytes(compress.decompress_bytes(compress.compress_bytes(data, **SMALL), threads=2)) == data
+
+
 def _edges(width: int) -> np.ndarray:
     """Every value at which a varint gains a byte, either side of it, and the largest."""
     top = (1 << 8 * width) - 1

@@ -801,9 +801,262 @@ done:
     return result;
 }
 
+
+/* ---------------------------------------------------------------- whole chunks
+ *
+ * Decoding a float or byte-plane chunk from Python is several calls, each of which gives the
+ * GIL up and takes it back: zstd for a plane, the pages of the output, the merge, the digest.
+ * With two threads each take back waits while the other holds the GIL, and those waits left
+ * two-thread decoding of bf16 weights short of ZipNN's C threads (docs/benchmarks.md,
+ * thirteenth session). decode_chunks does a batch of such chunks from its planes to its
+ * digest with the GIL released once.
+ *
+ * zstd and xxh3 come from libraries already on the machine, never from code of ours: the
+ * caller finds them (planes.py: the system's libzstd, and the XXH3_64bits that python-xxhash's
+ * extension exports) and hands their addresses to bind(). planes.py checks the result against
+ * the ordinary path before using it, and uses the ordinary path where any of it is missing. */
+
+typedef size_t (*zstd_decompress_fn)(void *dctx, void *dst, size_t capacity, const void *src,
+                                     size_t size);
+typedef size_t (*zstd_frame_size_fn)(const void *src, size_t size);
+typedef unsigned (*zstd_is_error_fn)(size_t code);
+typedef void *(*zstd_create_fn)(void);
+typedef size_t (*zstd_free_fn)(void *dctx);
+typedef uint64_t (*xxh3_fn)(const void *data, size_t size);
+
+static struct {
+    zstd_decompress_fn decompress;
+    zstd_frame_size_fn frame_size;
+    zstd_is_error_fn is_error;
+    zstd_create_fn create;
+    zstd_free_fn free;
+    xxh3_fn xxh3;
+} lib;
+
+enum { STORED = 0, ZSTD = 1 };  /* codecs.py's numbers for the two codings decoded here */
+
+/* bind(decompress, frame_size, is_error, create, free, xxh3): the addresses of
+ * ZSTD_decompressDCtx, ZSTD_findFrameCompressedSize, ZSTD_isError, ZSTD_createDCtx,
+ * ZSTD_freeDCtx and XXH3_64bits, as integers. Called once, before any decoder is made. */
+static PyObject *bind(PyObject *self, PyObject *args)
+{
+    unsigned long long a[6];
+    if (!PyArg_ParseTuple(args, "KKKKKK", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]))
+        return NULL;
+    for (int i = 0; i < 6; i++)
+        if (!a[i]) {
+            PyErr_SetString(PyExc_ValueError, "a null function address");
+            return NULL;
+        }
+    lib.decompress = (zstd_decompress_fn)(uintptr_t)a[0];
+    lib.frame_size = (zstd_frame_size_fn)(uintptr_t)a[1];
+    lib.is_error = (zstd_is_error_fn)(uintptr_t)a[2];
+    lib.create = (zstd_create_fn)(uintptr_t)a[3];
+    lib.free = (zstd_free_fn)(uintptr_t)a[4];
+    lib.xxh3 = (xxh3_fn)(uintptr_t)a[5];
+    Py_RETURN_NONE;
+}
+
+/* One thread's zstd context and room for the planes of its chunk: a decoder is used by one
+ * thread at a time (planes.py keeps one per thread). */
+struct decoder {
+    void *dctx;
+    uint8_t *room;
+    size_t capacity;
+};
+
+static void decoder_free(PyObject *capsule)
+{
+    struct decoder *d = PyCapsule_GetPointer(capsule, "thrifty.decoder");
+    if (!d)
+        return;
+    if (d->dctx)
+        lib.free(d->dctx);
+    free(d->room);
+    free(d);
+}
+
+/* decoder() -> a capsule for decode_chunks */
+static PyObject *decoder(PyObject *self, PyObject *args)
+{
+    if (!lib.create) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() has not been called");
+        return NULL;
+    }
+    struct decoder *d = calloc(1, sizeof *d);
+    if (!d || !(d->dctx = lib.create())) {
+        free(d);
+        return PyErr_NoMemory();
+    }
+    PyObject *capsule = PyCapsule_New(d, "thrifty.decoder", decoder_free);
+    if (!capsule) {
+        lib.free(d->dctx);
+        free(d);
+    }
+    return capsule;
+}
+
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+/* Have the kernel supply the pages under buf for writing in one call (Linux 5.14 and later;
+ * elsewhere, or on failure, they come a fault at a time as they are written). */
+static void fill_pages(uint8_t *buf, size_t len)
+{
+    static uintptr_t page;
+    if (!page)
+        page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t at = (uintptr_t)buf, start = at - at % page;
+    madvise((void *)start, at + len - start, 23 /* MADV_POPULATE_WRITE */);
+}
+#else
+static void fill_pages(uint8_t *buf, size_t len) { (void)buf, (void)len; }
+#endif
+
+struct job {
+    const struct kind *kind;
+    Py_buffer payload, out;
+    int width, method[MAX_WIDTH];
+    size_t stored[MAX_WIDTH];
+    int ok;
+    uint64_t digest;
+};
+
+/* Fills in a job's kind and planes from (transform, width, planes); 0 with ValueError set
+ * where they do not describe a chunk this can decode. */
+static int describe_job(struct job *j, int transform, int width, PyObject *planes)
+{
+    if (!(j->kind = find_kind(transform, width)))
+        return 0;
+    PyObject *pf = PySequence_Fast(planes, "planes must be a sequence");
+    if (!pf)
+        return 0;
+    int fine = PySequence_Fast_GET_SIZE(pf) == width && j->out.len % width == 0;
+    size_t total = 0;
+    for (int k = 0; fine && k < width; k++) {
+        unsigned long long stored;
+        fine = PyArg_ParseTuple(PySequence_Fast_GET_ITEM(pf, k), "iK", &j->method[k], &stored)
+               && (j->method[k] == STORED || j->method[k] == ZSTD);
+        j->stored[k] = (size_t)stored, total += (size_t)stored;
+    }
+    Py_DECREF(pf);
+    if (fine && total == (size_t)j->payload.len) {
+        j->width = width;
+        return 1;
+    }
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "planes that do not make up the chunk");
+    return 0;
+}
+
+/* One chunk, without the GIL: its zstd planes decoded into d->room (its stored ones read where
+ * they lie), merged into its output, and the output's digest. 0 where a plane does not decode
+ * to exactly its share of the output. */
+static int decode_job(struct decoder *d, struct job *j, int populate)
+{
+    size_t n = (size_t)j->out.len / (size_t)j->width, pos = 0;
+    uint8_t *p[MAX_WIDTH];
+    for (int k = 0; k < j->width; k++) {
+        uint8_t *src = (uint8_t *)j->payload.buf + pos;
+        size_t stored = j->stored[k];
+        pos += stored;
+        if (j->method[k] == STORED) {
+            if (stored != n)
+                return 0;
+            p[k] = src;
+            continue;
+        }
+        /* one frame and nothing after it, as python-zstandard insists on the ordinary path */
+        size_t frame = lib.frame_size(src, stored);
+        p[k] = d->room + (size_t)k * n;
+        if (lib.is_error(frame) || frame != stored)
+            return 0;
+        size_t got = lib.decompress(d->dctx, p[k], n, src, stored);
+        if (lib.is_error(got) || got != n)
+            return 0;
+    }
+    if (populate)
+        fill_pages(j->out.buf, (size_t)j->out.len);
+    j->kind->merge(j->out.buf, p, (Py_ssize_t)n);
+    j->digest = lib.xxh3(j->out.buf, (size_t)j->out.len);
+    return 1;
+}
+
+/* decode_chunks(decoder, items, populate) -> list of digests (an int per item, or None for one
+ * that did not decode). Each item is (payload, planes, transform, width, out): `planes` the
+ * chunk's (coding, stored length) pairs, each coding STORED or ZSTD, their lengths adding up
+ * to the payload's; `out` a writable buffer of the chunk's raw length, whose pages are first
+ * taken from the kernel in one call when `populate` is true (see container.populate). */
+static PyObject *decode_chunks(PyObject *self, PyObject *args)
+{
+    PyObject *capsule, *items, *fast, *result = NULL;
+    int populate;
+    if (!PyArg_ParseTuple(args, "OOp", &capsule, &items, &populate))
+        return NULL;
+    struct decoder *d = PyCapsule_GetPointer(capsule, "thrifty.decoder");
+    if (!d || !(fast = PySequence_Fast(items, "items must be a sequence")))
+        return NULL;
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(fast), ready = 0;
+    struct job *jobs = PyMem_Calloc(m ? (size_t)m : 1, sizeof *jobs);
+    size_t room = 0;
+    if (!jobs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        struct job *j = &jobs[i];
+        PyObject *planes;
+        int transform, width;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "y*Oiiw*", &j->payload,
+                              &planes, &transform, &width, &j->out))
+            goto done;
+        ready = i + 1;  /* its buffers are held from here on */
+        if (!describe_job(j, transform, width, planes))
+            goto done;
+        if ((size_t)j->out.len > room)
+            room = (size_t)j->out.len;
+    }
+    if (room > d->capacity) {
+        uint8_t *bigger = realloc(d->room, room);
+        if (!bigger) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        d->room = bigger, d->capacity = room;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < m; i++)
+        jobs[i].ok = decode_job(d, &jobs[i], populate);
+    Py_END_ALLOW_THREADS
+    if (!(result = PyList_New(m)))
+        goto done;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        PyObject *v = jobs[i].ok ? PyLong_FromUnsignedLongLong(jobs[i].digest)
+                                 : Py_NewRef(Py_None);
+        if (!v) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, i, v);
+    }
+done:
+    for (Py_ssize_t i = 0; i < ready; i++) {
+        PyBuffer_Release(&jobs[i].payload);
+        PyBuffer_Release(&jobs[i].out);
+    }
+    PyMem_Free(jobs);
+    Py_DECREF(fast);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS, "split(data, transform, width) -> list of planes (bytes)"},
     {"merge", merge, METH_VARARGS, "merge(planes, transform, width, out): rebuild into out"},
+    {"bind", bind, METH_VARARGS,
+     "bind(decompress, frame_size, is_error, create, free, xxh3): libzstd's and xxh3's addresses"},
+    {"decoder", decoder, METH_NOARGS, "decoder() -> a thread's context for decode_chunks"},
+    {"decode_chunks", decode_chunks, METH_VARARGS,
+     "decode_chunks(decoder, items, populate) -> a digest or None per item"},
     {"varint_encode", varint_encode, METH_VARARGS, "varint_encode(data, width) -> LEB128 bytes"},
     {"words_encode", words_encode, METH_VARARGS,
      "words_encode(text, scratch=None) -> (vocabulary, ids)"},

@@ -231,13 +231,19 @@ def populate(view: memoryview) -> None:
     happens where the call is missing (not Linux, or a kernel before 5.14): the pages then come
     one fault at a time, as they always did. Never changes a byte."""
     global _MADVISE
-    if _MADVISE is None or view.nbytes < mmap.PAGESIZE or not isinstance(view.obj, mmap.mmap):
-        return  # (new_buffer's small buffers come from the heap, whose pages are mostly there)
+    if not _wants_pages(view):
+        return
     addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
     start = addr - addr % mmap.PAGESIZE
     if _MADVISE(start, addr + view.nbytes - start, _MADV_POPULATE_WRITE) != 0 \
             and ctypes.get_errno() == errno.EINVAL:
         _MADVISE = None  # a kernel before 5.14: stop asking (other failures: pages as written)
+
+
+def _wants_pages(view: memoryview) -> bool:
+    """Whether :func:`populate` does anything for ``view``: not for new_buffer's small buffers,
+    which come from the heap, whose pages are mostly there already."""
+    return _MADVISE is not None and view.nbytes >= mmap.PAGESIZE and isinstance(view.obj, mmap.mmap)
 
 
 _MAP_FROM = 4 << 20
@@ -727,8 +733,27 @@ def read_all(
 
 
 def _decode_batch(name: str, items: list[tuple[Chunk, memoryview | None]]) -> list[memoryview]:
-    """decode_chunk for each (chunk, its place in the output)."""
-    return [_naming(name, chunk, decode_chunk, chunk, dst) for chunk, dst in items]
+    """decode_chunk for each (chunk, its place in the output, or None for new memory).
+
+    Float and byte-plane chunks go to the compiled decoder together where it can be used: one
+    call for the batch without the GIL, instead of several per chunk that each take the GIL
+    back (planes.whole_decoder). A chunk that does not come out with its digest there is
+    decoded again by decode_chunk, which says what is wrong with it."""
+    decoder = planes.whole_decoder()
+    quick = [] if decoder is None else [
+        k for k, (chunk, _) in enumerate(items)
+        if planes.whole(chunk.transform, chunk.width, chunk.raw_len, chunk.planes)]
+    done = {}
+    if quick:
+        outs = [memoryview(np.empty(items[k][0].raw_len, np.uint8)) if items[k][1] is None
+                else items[k][1] for k in quick]
+        jobs = [(c.payload, c.planes, c.transform, c.width, out)
+                for c, out in zip((items[k][0] for k in quick), outs, strict=True)]
+        digests = planes.compiled.decode_chunks(decoder, jobs, _wants_pages(outs[0]))
+        done = {k: out for k, out, digest in zip(quick, outs, digests, strict=True)
+                if digest == items[k][0].raw_xxh}
+    return [done[k] if k in done else _naming(name, chunk, decode_chunk, chunk, dst)
+            for k, (chunk, dst) in enumerate(items)]
 
 
 def _naming(name: str, chunk: Chunk, fn: Callable, *args):

@@ -35,6 +35,7 @@ plain Python, about a hundred times).
 from __future__ import annotations
 
 import collections
+import ctypes
 import math
 import mmap
 import re
@@ -85,6 +86,88 @@ def _words_scratch(n: int) -> mmap.mmap:
     if buf is None or len(buf) < need:
         buf = _local.words = mmap.mmap(-1, need)
     return buf
+
+
+# ---------------------------------------------------------------- whole chunks, compiled
+#
+# The compiled module can also decode a batch of float and byte-plane chunks from their coded
+# planes to their digests without the GIL (_planes.c says why). It needs zstd's and xxh3's
+# functions, which it takes from what is already installed: the system's libzstd (a dependency
+# of systemd, so on nearly every Linux machine) and the XXH3_64bits that python-xxhash's
+# extension exports. Where either is missing, or the result differs in any way from the
+# ordinary path's on a test chunk, decoding takes the ordinary path.
+
+_ZSTD_NAMES = ("libzstd.so.1", "libzstd.1.dylib", "libzstd.so", "zstd.dll")
+_WHOLE = {"lock": threading.Lock(), "ready": None}
+
+
+def _address(lib: ctypes.CDLL, name: str) -> int:
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+
+
+def _bind_whole() -> bool:
+    import xxhash
+    import xxhash._xxhash
+    import zstandard
+
+    zstd = None
+    for name in _ZSTD_NAMES:
+        try:
+            zstd = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    try:
+        own = ctypes.CDLL(xxhash._xxhash.__file__)  # already loaded: this is the same copy
+        compiled.bind(*(_address(zstd, f) for f in ("ZSTD_decompressDCtx",
+                                                   "ZSTD_findFrameCompressedSize",
+                                                   "ZSTD_isError", "ZSTD_createDCtx",
+                                                   "ZSTD_freeDCtx")),
+                      _address(own, "XXH3_64bits"))
+    except (AttributeError, ValueError, OSError, TypeError):  # zstd None, or a name missing
+        return False
+    # A test chunk of bf16-like values: it must decode to the same bytes and digest, and with
+    # the end of its zstd frame zeroed, must not decode.
+    values = (np.arange(4096, dtype=np.uint32) * 2654435761 >> 16).astype("<u2") & 0xBF7F
+    raw = values.tobytes()
+    exponent, rest = split(raw, FLOAT, 2)
+    coded = zstandard.ZstdCompressor(level=3).compress(exponent)
+    payload = coded + bytes(rest)
+    table = [(1, len(coded)), (0, len(rest))]
+    out = bytearray(len(raw))
+    damaged = coded[:-4] + bytes(4) + bytes(rest)
+    try:
+        decoder = compiled.decoder()
+        got = compiled.decode_chunks(decoder, [(payload, table, FLOAT, 2, out),
+                                               (damaged, table, FLOAT, 2, bytearray(len(raw)))],
+                                     False)
+    except (RuntimeError, ValueError, MemoryError):
+        return False
+    return bytes(out) == raw and got == [xxhash.xxh3_64_intdigest(raw), None]
+
+
+def whole_decoder():
+    """This thread's context for ``compiled.decode_chunks``, or None where that cannot be used
+    (no compiled module, no libzstd, or a test chunk that did not come out right)."""
+    if compiled is None:
+        return None
+    if _WHOLE["ready"] is None:
+        with _WHOLE["lock"]:
+            if _WHOLE["ready"] is None:
+                _WHOLE["ready"] = _bind_whole()
+    if not _WHOLE["ready"]:
+        return None
+    decoder = getattr(_local, "decoder", None)
+    if decoder is None:
+        decoder = _local.decoder = compiled.decoder()
+    return decoder
+
+
+def whole(transform: int, width: int, raw_len: int, table: list[tuple[int, int]]) -> bool:
+    """Whether ``compiled.decode_chunks`` decodes a chunk with these planes: float or byte
+    planes, each stored or coded by zstd (codecs.STORED and codecs.ZSTD, 0 and 1)."""
+    return (transform in (FLOAT, BYTES) and usable(transform, width, raw_len)
+            and len(table) == width and all(method in (0, 1) for method, _ in table))
 
 
 def usable(transform: int, width: int, nbytes: int) -> bool:
