@@ -105,6 +105,16 @@ def _address(lib: ctypes.CDLL, name: str) -> int:
     return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
 
 
+def _xxh3_address(lib: ctypes.CDLL) -> int:
+    """python-xxhash's XXH3_64bits: its build also exports a version that picks the widest
+    vector unit at run time, twice as fast here (59 GB/s against 30 on 1 MiB, the same digest;
+    side script, thirteenth session). The test chunk checks the digest either way."""
+    try:
+        return _address(lib, "XXH3_64bits_dispatch")
+    except AttributeError:
+        return _address(lib, "XXH3_64bits")
+
+
 def _bind_whole() -> bool:
     import xxhash
     import xxhash._xxhash
@@ -123,7 +133,7 @@ def _bind_whole() -> bool:
                                                    "ZSTD_findFrameCompressedSize",
                                                    "ZSTD_isError", "ZSTD_createDCtx",
                                                    "ZSTD_freeDCtx")),
-                      _address(own, "XXH3_64bits"))
+                      _xxh3_address(own))
     except (AttributeError, ValueError, OSError, TypeError):  # zstd None, or a name missing
         return False
     # A test chunk of bf16-like values: it must decode to the same bytes and digest, and with
