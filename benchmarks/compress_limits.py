@@ -64,7 +64,7 @@ import zstandard
 from _common import machine
 from compress import converted, minilm_path, stdlib_text, token_shard
 
-from thrifty.compress import _ViewReader, bench, codecs, compress_bytes, container, decompress_bytes, planes
+from thrifty.compress import bench, codecs, compress_bytes, container, decompress_bytes, planes
 
 REPEAT = 7
 
@@ -94,7 +94,7 @@ def decode_row(name: str, data: bytes, dtype: str) -> str:
     blob = compress_bytes(data)
     if bytes(decompress_bytes(blob)) != data or bytes(z.decompress(bytes(zblob))) != data:
         sys.exit(f"{name}: did not round-trip")
-    chunks = list(container.Reader(_ViewReader(memoryview(blob)), "x").chunks())
+    chunks = list(container.Reader(container.ViewReader(memoryview(blob)), "x").chunks())
 
     def stage_planes(_=None):
         return [container.decode_planes(c) for c in chunks]
@@ -270,7 +270,7 @@ def scale_rows(data: bytes) -> list[str]:
 
     frames = [zstd3(c) for c in chunks]
     blob = compress_bytes(data)
-    ours = list(container.Reader(_ViewReader(memoryview(blob)), "x").chunks())
+    ours = list(container.Reader(container.ViewReader(memoryview(blob)), "x").chunks())
     rows = []
     work = [("zstd -3 compress, plain threads", zstd3, chunks),
             ("zstd decompress, plain threads", lambda f: zstandard.ZstdDecompressor().decompress(f), frames),

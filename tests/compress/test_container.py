@@ -775,6 +775,9 @@ def test_every_corruption_of_words_is_detected(where, bit, cut):
 def test_every_valid_file_decodes_to_its_original(data, dtype, threads):
     blob = compress.compress_bytes(data, dtype=dtype, threads=threads, **SMALL)
     assert compress.decompress_bytes(blob, threads=threads) == data
+    out = io.BytesIO()
+    container.read_all(io.BytesIO(bytes(blob)), "x", out, threads)
+    assert out.getvalue() == data
 
 
 @_settings
@@ -789,10 +792,14 @@ def test_every_truncation_is_detected(data, cut):
 @given(data=_inputs, where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7),
        dtype=_dtypes)
 def test_every_bit_flip_is_detected(data, where, bit, dtype):
+    """In memory (frames found through the index, when it checks out) and as a stream (frames
+    read in order)."""
     blob = bytearray(compress.compress_bytes(data, dtype=dtype, **SMALL))
     blob[int(len(blob) * where)] ^= 1 << bit
     with pytest.raises(ThriftyError):
-        compress.decompress_bytes(blob)
+        compress.decompress_bytes(blob, threads=2)
+    with pytest.raises(ThriftyError):
+        container.read_all(io.BytesIO(blob), "x", io.BytesIO())
 
 
 def _swap_chunks(blob: bytes) -> bytes:
@@ -812,11 +819,44 @@ def test_intact_chunks_out_of_place_are_caught():
     """Each chunk checks out on its own: the index finds frames that moved, and the digest of
     the chunks' digests in order chunks of the same size that traded places."""
     data = bytes(range(256)) * 16 + bytes(4096)  # two chunks of 4096 bytes, coded to unequal sizes
+    swapped = _swap_chunks(compress.compress_bytes(data, **SMALL))
+    # In memory the frames are found through the index, and chunk 0's is too long for its
+    # place; read in order, chunk 0's frame is read whole, and chunk 1's starts elsewhere.
+    with pytest.raises(ThriftyError, match="chunk 0 at byte .*not where the index puts it"):
+        compress.decompress_bytes(swapped)
     with pytest.raises(ThriftyError, match="chunk 1 at byte .*not where the index puts it"):
-        compress.decompress_bytes(_swap_chunks(compress.compress_bytes(data, **SMALL)))
+        container.read_all(io.BytesIO(swapped), "x", io.BytesIO())
     noise = _noise(8192, 0)  # stored raw: frames of the same size
-    with pytest.raises(ThriftyError, match="checksum of the whole file"):
-        compress.decompress_bytes(_swap_chunks(compress.compress_bytes(noise, **SMALL)))
+    swapped = _swap_chunks(compress.compress_bytes(noise, **SMALL))
+    for read in (compress.decompress_bytes,
+                 lambda blob: container.read_all(io.BytesIO(blob), "x", io.BytesIO())):
+        with pytest.raises(ThriftyError, match="checksum of the whole file"):
+            read(swapped)
+
+
+def test_damage_is_told_the_same_in_memory_and_as_a_stream():
+    """In memory the frames are found through the index; where the end of the file does not
+    check out, the reader goes back to reading from the start, so each of these says the same
+    either way."""
+    blob = bytes(compress.compress_bytes(_float_bytes(6000, torch.bfloat16), dtype="bf16", **SMALL))
+    index_at = int.from_bytes(blob[-16:-8], "little")
+    second = list(container.Reader(io.BytesIO(blob), "x").chunks())[1].offset
+
+    def flipped(at: int) -> bytes:
+        return blob[:at] + bytes([blob[at] ^ 0x20]) + blob[at + 1:]
+
+    cases = {"corrupt index": flipped(index_at + 10), "corrupt trailer": flipped(len(blob) - 12),
+             "truncated in the index": blob[:index_at + 6],
+             "chunk 1 at byte .*corrupt frame header": flipped(second + 6),
+             "chunk 1 at byte .*checksum mismatch in its coded data": flipped(second + 40)}
+    for message, damaged in cases.items():
+        told = []
+        for read in (compress.decompress_bytes,
+                     lambda b: container.read_all(io.BytesIO(b), "<bytes>", io.BytesIO())):
+            with pytest.raises(ThriftyError, match=message) as caught:
+                read(damaged)
+            told.append(str(caught.value))
+        assert told[0] == told[1]
 
 
 def test_a_chunk_from_another_file_is_caught():

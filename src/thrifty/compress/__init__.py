@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from thrifty.compress import container, layouts
-from thrifty.compress.container import Archive, Options, Stats
+from thrifty.compress.container import Archive, Options, Stats, ViewReader
 from thrifty.errors import ThriftyError
 from thrifty.files import atomic_writer
 
@@ -109,7 +109,7 @@ _PLACE_FROM = 32 << 20
 
 
 def _compress_view(view: memoryview, out, opts: Options, dtype: str | None) -> Stats:
-    src = _ViewReader(view)  # hands out slices of the caller's buffer: no copy, no writes
+    src = ViewReader(view)  # hands out slices of the caller's buffer: no copy, no writes
     return container.write(src, out, opts, size=len(view), **_layout(src, len(view), dtype))
 
 
@@ -117,7 +117,7 @@ def decompress_bytes(blob: bytes | bytearray | memoryview, threads: int = 1) -> 
     """The original bytes of a container, as a writable memoryview of a new buffer that the
     chunks were decoded straight into (``bytes(result)`` makes a copy when bytes are wanted)."""
     out = _Fill()
-    container.read_all(_ViewReader(memoryview(blob).cast("B")), "<bytes>", out, threads)
+    container.read_all(ViewReader(memoryview(blob).cast("B")), "<bytes>", out, threads)
     return out.view()
 
 
@@ -316,29 +316,3 @@ class _Fill:
 
     def view(self) -> memoryview:
         return memoryview(self.buffer)
-
-
-class _ViewReader:
-    """A read-only binary stream over a memoryview whose reads are zero-copy slices."""
-
-    def __init__(self, view: memoryview):
-        self.view, self.pos = view, 0
-
-    def read_view(self, n: int = -1) -> memoryview:
-        end = len(self.view) if n is None or n < 0 else min(self.pos + n, len(self.view))
-        out = self.view[self.pos:end]
-        self.pos = end
-        return out
-
-    def read(self, n: int = -1) -> bytes:
-        return bytes(self.read_view(n))
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else len(self.view) + pos)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seekable(self) -> bool:
-        return True

@@ -543,6 +543,32 @@ def _unpack_json(stored: bytes, version: int, name: str, what: str) -> dict:
 # ---------------------------------------------------------------- reading
 
 
+class ViewReader:
+    """A read-only binary stream over a memoryview whose reads are zero-copy slices."""
+
+    def __init__(self, view: memoryview):
+        self.view, self.pos = view, 0
+
+    def read_view(self, n: int = -1) -> memoryview:
+        end = len(self.view) if n is None or n < 0 else min(self.pos + n, len(self.view))
+        out = self.view[self.pos:end]
+        self.pos = end
+        return out
+
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self.read_view(n))
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else len(self.view) + pos)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+
 class Reader:
     """Reads a container's frames from a binary stream, checking everything on the way: from
     the start (``Reader(f, name)`` reads and checks the header), or from a frame at a known
@@ -687,8 +713,11 @@ def read_all(
             _finish(f for f, _ in pending)
         while len(pending) > limit:
             future, digests = pending.popleft()
+            raws = future.result()
+            if digests is None:  # a batch of frames parsed on the pool: it found them
+                raws, digests = raws
             listed.update(digests)
-            for raw in future.result():
+            for raw in raws:
                 if whole is not None:
                     whole.update(raw)
                 if target is None:
@@ -710,8 +739,17 @@ def read_all(
             batch, batch_bytes = [], 0
             drain(ahead)
 
+    # A container held whole in memory, with an index that checks out, has its frames parsed
+    # on the pool as well, where the index says they lie: the calling thread hands out every
+    # batch at once instead of parsing every frame first, while the pool waits for the GIL.
+    batches = (_listed_batches(reader, f.view, len(target))
+               if target is not None and isinstance(getattr(f, "view", None), memoryview) else None)
     try:
-        for chunk in reader.chunks():
+        for frames in batches or ():
+            pending.append((pool.submit(_decode_frames, name, reader.version, f.view, frames,
+                                        target), None))
+            drain(ahead)
+        for chunk in reader.chunks() if batches is None else ():
             if target is not None and chunk.raw_offset + chunk.raw_len > len(target):
                 raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: runs past "
                                    f"the original size the header gives ({size})")
@@ -730,6 +768,66 @@ def read_all(
     if size is not None and size != reader.index["original_size"]:
         raise ThriftyError(f"{name}: header and index disagree on the original size")
     return reader.header
+
+
+def _listed_batches(reader: Reader, view: memoryview, size: int) -> list[list[tuple]] | None:
+    """Where each chunk's frame lies in ``view``, a whole container whose header ``reader`` has
+    read, as its index lists them, in batches of about READ_BATCH raw bytes: (chunk number,
+    frame offset, raw offset, raw length, frame end) each. None when the trailer or index does
+    not check out, or when the frames listed do not tile the space between the header and the
+    index, or their chunks the ``size`` bytes of the original: the caller then reads from the
+    start, which finds whatever is wrong where it is."""
+    tail = len(view) - _TRAILER.size
+    if tail < reader.pos:
+        return None
+    at, magic = _TRAILER.unpack(view[tail:])
+    if magic != END_MAGIC or not reader.pos <= at < tail or view[at] != ord("I"):
+        return None
+    index_reader = Reader.at(ViewReader(view), reader.name, at + 1, reader.version)
+    try:
+        index = index_reader.index_body()
+    except ThriftyError:
+        return None
+    listed = index.get("chunks")
+    if index_reader.pos != tail or not isinstance(listed, list) or \
+            index.get("original_size") != size:
+        return None
+    batches, batch, batch_bytes, frame_at, raw = [], [], 0, reader.pos, 0
+    for i, entry in enumerate(listed):
+        if not (isinstance(entry, list) and len(entry) == 3 and all(type(v) is int for v in entry)):
+            return None
+        offset, raw_pos, raw_len = entry
+        end = listed[i + 1][0] if i + 1 < len(listed) else at
+        if offset != frame_at or raw_pos != raw or raw_len < 0 or type(end) is not int \
+                or end <= offset:
+            return None
+        batch.append((i, offset, raw_pos, raw_len, end))
+        frame_at, raw, batch_bytes = end, raw + raw_len, batch_bytes + raw_len
+        if batch_bytes >= READ_BATCH or i + 1 == len(listed):
+            batches.append(batch)
+            batch, batch_bytes = [], 0
+    if frame_at != at or raw != size:
+        return None
+    reader.index = index
+    return batches
+
+
+def _decode_frames(name: str, version: int, view: memoryview, frames: list[tuple],
+                   target: memoryview) -> tuple[list[memoryview], bytes]:
+    """A batch of :func:`_listed_batches` parsed and checked as Reader.chunks does, then decoded
+    into its places in ``target``; with the chunks' digests in order."""
+    reader = Reader.at(ViewReader(view), name, frames[0][1], version)
+    items = []
+    for i, offset, raw_pos, raw_len, end in frames:  # (each starts where the one before ended)
+        if reader._take(1, f"chunk {i}") != b"C":
+            raise ThriftyError(f"{name}: corrupt at byte {offset} (expected chunk {i} or the index)")
+        chunk = reader._chunk_frame(i, offset, raw_pos)
+        if reader.pos != end or chunk.raw_len != raw_len:
+            raise ThriftyError(f"{name}: chunk {i} at byte {offset}: not where the index puts it "
+                               "(frames moved?)")
+        items.append((chunk, target[raw_pos:raw_pos + raw_len]))
+    digests = b"".join(_U64.pack(chunk.raw_xxh) for chunk, _ in items)
+    return _decode_batch(name, items), digests
 
 
 def _decode_batch(name: str, items: list[tuple[Chunk, memoryview | None]]) -> list[memoryview]:
