@@ -361,20 +361,6 @@ static inline uint8_t class_of(uint8_t c)
     return (uint8_t)(word | space << 1 | (c >> 7) * HIGH);
 }
 
-/* Whether a token starts at i, given the classes of the bytes before (p), at (c) and after (q)
- * i; and whether one ends just before i, given the classes of the two bytes before (pp, p) and
- * the one at i (c). OTHER stands in for bytes outside the chunk. */
-static inline uint8_t starts_at(uint8_t p, uint8_t c, uint8_t q)
-{
-    return (uint8_t)(((c == WORD) & (p != WORD)) | ((c == SPACE) & (p != SPACE) & (q == SPACE))
-                     | (c == HIGH));
-}
-static inline uint8_t ends_before(uint8_t pp, uint8_t p, uint8_t c)
-{
-    return (uint8_t)(((p == WORD) & (c != WORD)) | ((p == SPACE) & (c != SPACE) & (pp == SPACE))
-                     | (p == HIGH));
-}
-
 /* 8 bytes as a little-endian integer, whatever the host's byte order. */
 static inline uint64_t load_le64(const uint8_t *p)
 {
@@ -384,12 +370,6 @@ static inline uint64_t load_le64(const uint8_t *p)
     x = __builtin_bswap64(x);
 #endif
     return x;
-}
-
-/* Eight flags (bytes of 0 or 1) as the eight low bits of an integer, by one multiplication. */
-static inline uint64_t pack8(const uint8_t *flags)
-{
-    return (load_le64(flags) * 0x0102040810204080ull) >> 56;
 }
 
 static inline int trailing_zeros(uint64_t x)  /* x is not 0 */
@@ -404,39 +384,77 @@ static inline int trailing_zeros(uint64_t x)  /* x is not 0 */
 #endif
 }
 
+/* Which of the 64 bytes at p are word bytes, whitespace and bytes from 0x80 up, as bit masks
+ * (bit k for p[k]). SSE2 (every x86-64) compares 16 bytes at once and takes one bit of each
+ * with movemask; elsewhere class_of byte by byte. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static inline __m128i at_most(__m128i x, uint8_t top)  /* x <= top, unsigned, per byte */
+{
+    return _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8((char)top)), x);
+}
+static inline void class_masks(const uint8_t *p, uint64_t *word, uint64_t *space, uint64_t *high)
+{
+    uint64_t w = 0, sp = 0, h = 0;
+    for (int g = 0; g < 4; g++) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(p + 16 * g));
+        __m128i letter = at_most(_mm_sub_epi8(_mm_or_si128(x, _mm_set1_epi8(0x20)),
+                                              _mm_set1_epi8('a')), 25);
+        __m128i digit = at_most(_mm_sub_epi8(x, _mm_set1_epi8('0')), 9);
+        __m128i is_word = _mm_or_si128(_mm_or_si128(letter, digit),
+                                       _mm_cmpeq_epi8(x, _mm_set1_epi8('_')));
+        __m128i is_space = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(' ')),
+                                        at_most(_mm_sub_epi8(x, _mm_set1_epi8('\t')), 4));
+        w |= (uint64_t)(uint16_t)_mm_movemask_epi8(is_word) << 16 * g;
+        sp |= (uint64_t)(uint16_t)_mm_movemask_epi8(is_space) << 16 * g;
+        h |= (uint64_t)(uint16_t)_mm_movemask_epi8(x) << 16 * g;
+    }
+    *word = w, *space = sp, *high = h;
+}
+#else
+static inline void class_masks(const uint8_t *p, uint64_t *word, uint64_t *space, uint64_t *high)
+{
+    uint64_t w = 0, sp = 0, h = 0;
+    for (int k = 0; k < 64; k++) {
+        uint8_t c = class_of(p[k]);
+        w |= (uint64_t)(c == WORD) << k, sp |= (uint64_t)(c == SPACE) << k;
+        h |= (uint64_t)(c == HIGH) << k;
+    }
+    *word = w, *space = sp, *high = h;
+}
+#endif
+
 /* The vocabulary tokens of s[0:n]: their starts into first and their ends into last (each with
- * room for n + 1); returns how many. 64 bytes at a time: their classes, then a flag per byte
- * where a token starts and one where a token ends, as bit masks (these loops vectorise), then a
- * count of trailing zeros per token. A scan to each token's end would mispredict once a token,
- * which cost more than all the rest. */
+ * room for n + 1); returns how many. 64 bytes at a time: masks of their classes, from which
+ * shifts by a byte (carrying in the bytes before and after the block) give a mask of the bytes
+ * where a token starts and one of those just before which a token ends, then a count of
+ * trailing zeros per token. A scan to each token's end would mispredict once a token, which
+ * cost more than all the rest. */
 static size_t find_tokens(const uint8_t *s, size_t n, uint32_t *first, uint32_t *last)
 {
     size_t a = 0, b = 0;
-    /* c[k + 2] is the class of byte i + k; OTHER stands for the bytes outside the chunk */
-    uint8_t c[64 + 3], sf[64], ef[64];
+    uint64_t w_in = 0, s_in = 0, s_in2 = 0, h_in = 0;  /* bytes i - 1 and i - 2 (OTHER at 0) */
+    uint8_t tail[64];
     /* i == n runs once more when n is a multiple of 64 (and for n == 0): an empty block whose
      * only possible flag is a token ending at n */
     for (size_t i = 0; i <= n; i += 64) {
         size_t m = n - i < 64 ? n - i : 64;
-        c[0] = i >= 2 ? class_of(s[i - 2]) : OTHER;
-        c[1] = i >= 1 ? class_of(s[i - 1]) : OTHER;
+        uint64_t w, sp, h;
         if (m == 64) {
-            for (int k = 0; k < 64; k++)
-                c[k + 2] = class_of(s[i + k]);
-        } else {
-            for (size_t k = 0; k < 64; k++)
-                c[k + 2] = k < m ? class_of(s[i + k]) : OTHER;
+            class_masks(s + i, &w, &sp, &h);
+        } else {  /* the bytes past the end are 0, which is OTHER */
+            memset(tail, 0, sizeof tail);
+            memcpy(tail, s + i, m);
+            class_masks(tail, &w, &sp, &h);
         }
-        c[66] = i + 64 < n ? class_of(s[i + 64]) : OTHER;
-        for (int k = 0; k < 64; k++) {
-            sf[k] = starts_at(c[k + 1], c[k + 2], c[k + 3]);
-            ef[k] = ends_before(c[k], c[k + 1], c[k + 2]);
-        }
-        uint64_t starts = 0, ends = 0;
-        for (int g = 0; g < 8; g++) {
-            starts |= pack8(sf + 8 * g) << 8 * g;
-            ends |= pack8(ef + 8 * g) << 8 * g;
-        }
+        uint64_t s_next = i + 64 < n ? class_of(s[i + 64]) == SPACE : 0;
+        uint64_t w_before = w << 1 | w_in, s_before = sp << 1 | s_in, h_before = h << 1 | h_in;
+        uint64_t s_before2 = sp << 2 | s_in << 1 | s_in2, s_after = sp >> 1 | s_next << 63;
+        /* a token starts at a word byte after a non-word byte, at a whitespace byte after a
+         * non-whitespace byte and before a whitespace byte, and at every high byte; one ends
+         * just before each byte where these runs stop and after every high byte */
+        uint64_t starts = (w & ~w_before) | (sp & ~s_before & s_after) | h;
+        uint64_t ends = (w_before & ~w) | (s_before & ~sp & s_before2) | h_before;
         if (m < 64) {  /* positions past the end start nothing; n itself may end a token */
             starts &= (1ull << m) - 1;
             ends &= (2ull << m) - 1;
@@ -445,6 +463,7 @@ static size_t find_tokens(const uint8_t *s, size_t n, uint32_t *first, uint32_t 
             first[a++] = (uint32_t)(i + (size_t)trailing_zeros(starts));
         for (; ends; ends &= ends - 1)
             last[b++] = (uint32_t)(i + (size_t)trailing_zeros(ends));
+        w_in = w >> 63, s_in = sp >> 63, s_in2 = sp >> 62 & 1, h_in = h >> 63;
     }
     return a;  /* == b */
 }
