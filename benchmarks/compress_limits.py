@@ -1,6 +1,6 @@
 """Where the compression targets that `compress.py` misses stand, measured rather than argued.
 
-Ten tables, no targets (exit status 0 unless something fails to round-trip):
+Eleven tables, no targets (exit status 0 unless something fails to round-trip):
 
 1. Decompressing MiniLM's weights (bf16 and fp32) on one thread: ZipNN's time beside thrifty's,
    thrifty's time split into its stages (zstd, merging planes compiled and, as where no C
@@ -37,13 +37,16 @@ Ten tables, no targets (exit status 0 unless something fails to round-trip):
 10. What keeping the words coder's working memory per thread buys: the text compressed five
     times on one thread in a fresh process, with it kept, with it allocated and freed for every
     chunk, and by zstd -3, each alone and the three in turns; MB/s and page faults per round.
+11. How ``decompress_bytes`` decodes MiniLM bf16 and fp32 at 1 and 2 threads: the ordinary way
+    (several calls per chunk, frames parsed in order by the calling thread), with the compiled
+    chunk decoder, and with that and the frames found through the index; ZipNN beside.
 
 Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
-Usage: python benchmarks/compress_limits.py [--buffers | --checks]
+Usage: python benchmarks/compress_limits.py [--buffers | --checks | --decode]
 (--buffers: only the time a fresh 95 MiB buffer's pages take with and without transparent huge
 pages, round after round, then table 5 for MiniLM bf16 and for fp32; --checks: only tables 8
-to 10)
+to 10; --decode: only table 11)
 """
 
 from __future__ import annotations
@@ -359,7 +362,9 @@ def checks_rows(name: str, data: bytes, dtype: str, rounds: int = 9) -> list[str
     as written before the index had ``chunks_xxh3`` (read with a pass over the whole output),
     and read as the reader before this table did (each payload's digest before decoding, no
     digest of the decoded chunks, then the whole output's); ZipNN beside them. The four take
-    turns round by round; each cell is the best round, in MB/s."""
+    turns round by round; each cell is the best round, in MB/s. thrifty's three decode the
+    ordinary way, chunk by chunk from Python, as when this table was made: the compiled chunk
+    decoder (table 11) checks each decoded chunk's digest in C."""
     from zipnn import ZipNN
 
     pack = container._pack_json
@@ -378,7 +383,8 @@ def checks_rows(name: str, data: bytes, dtype: str, rounds: int = 9) -> list[str
     rows = []
     for threads in (1, 2):
         z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
-        decode = lambda b, t=threads: decompress_bytes(b, threads=t)  # noqa: E731
+        decode = swapped(planes, "whole_decoder", lambda: None,  # the ordinary path: see above
+                         lambda b, t=threads: decompress_bytes(b, threads=t))
         ways = [(z.decompress, z.compress(bytes(bytearray(data)))), (decode, now), (decode, before),
                 (swapped(container, "decode_chunk", previous, decode), before)]
         best = [float("inf")] * len(ways)
@@ -440,6 +446,47 @@ def pool_rows(text: bytes, bf16: bytes, rounds: int = 7) -> list[str]:
         r = bench._measure(codecs_, data)
         rows.append(f"| {name} | " + " | ".join(
             f"{c.compress_mb_s:,.0f} / {c.decompress_mb_s:,.0f}" for c in r) + f" ({ref.name}) |")
+    return rows
+
+
+WAYS_HEAD = ["| input | threads | ZipNN | thrifty, ordinary decoding, frames in order (as at "
+             "1eb7fcb) | compiled chunk decoder, frames in order | compiled decoder, frames found "
+             "through the index on 2 threads, in order on 1 (now) |", "|---|---|---|---|---|---|"]
+
+
+def ways_rows(name: str, data: bytes, dtype: str, rounds: int = 15) -> list[str]:
+    """Table 11: ``decompress_bytes`` the ordinary way (several calls per chunk, each giving up
+    the GIL and taking it back; the calling thread parsing every frame), with the compiled
+    chunk decoder (planes.whole_decoder: one GIL-free call per batch), and with that and the
+    frames found through the index and parsed on the pool; ZipNN beside. The four take turns
+    round by round; cells: best round (median round) in MB/s, and the best against ZipNN's."""
+    from zipnn import ZipNN
+
+    blob = compress_bytes(data)
+    in_order = lambda fn: swapped(container, "_listed_batches", lambda *a: None, fn)  # noqa: E731
+    rows = []
+    for threads in (1, 2):
+        z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
+        decode = lambda b, t=threads: decompress_bytes(b, threads=t)  # noqa: E731
+        ways = [(z.decompress, z.compress(bytes(bytearray(data)))),
+                (in_order(swapped(planes, "whole_decoder", lambda: None, decode)), blob),
+                (in_order(decode), blob), (decode, blob)]
+        times: list[list[float]] = [[] for _ in ways]
+        for _ in range(rounds):
+            for k, (fn, coded) in enumerate(ways):
+                arg = bytes(bytearray(coded))  # a fresh copy outside the clock (ZipNN writes to it)
+                t0 = time.perf_counter()
+                out = fn(arg)
+                times[k].append(time.perf_counter() - t0)
+                if bytes(out) != data:
+                    sys.exit(f"{name}: did not round-trip")
+                del out
+        mb = len(data) / 1e6
+        best = [mb / min(t) for t in times]
+        cells = [f"{best[0]:,.0f} ({mb / np.median(times[0]):,.0f})"] + [
+            f"{b:,.0f} ({mb / np.median(t):,.0f}), {b / best[0]:.2f}x"
+            for b, t in zip(best[1:], times[1:], strict=True)]
+        rows.append(f"| {name} | {threads} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -598,6 +645,20 @@ def buffers_only() -> None:
     print("\n" + machine())
 
 
+def print_ways(fp32: Path, bf16: Path) -> None:
+    """Table 11."""
+    print("## How decompress_bytes decodes: best round (median round), MB/s, and against ZipNN\n")
+    print("\n".join([*WAYS_HEAD, *ways_rows("MiniLM bf16", bf16.read_bytes(), "bfloat16"),
+                     *ways_rows("MiniLM fp32", fp32.read_bytes(), "float32")]))
+
+
+def ways_only() -> None:
+    """Table 11 alone: ``--decode``."""
+    with minilm() as (fp32, bf16):
+        print_ways(fp32, bf16)
+    print("\n" + machine())
+
+
 def checks_only() -> None:
     """Tables 8 to 10 alone: ``--checks``."""
     with minilm() as (fp32, bf16):
@@ -617,6 +678,9 @@ def main() -> int:
         return 0
     if sys.argv[1:2] == ["--checks"]:
         checks_only()
+        return 0
+    if sys.argv[1:2] == ["--decode"]:
+        ways_only()
         return 0
     bench.fresh_malloc()
     with tempfile.TemporaryDirectory() as tmp:
@@ -641,6 +705,8 @@ def main() -> int:
         print("\n".join([*SMALL_HEAD, small_files_row()]))
         print()
         print_checks(fp32, bf16)
+        print()
+        print_ways(fp32, bf16)
     print("\n" + machine())
     return 0
 

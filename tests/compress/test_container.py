@@ -820,24 +820,23 @@ def test_intact_chunks_out_of_place_are_caught():
     the chunks' digests in order chunks of the same size that traded places."""
     data = bytes(range(256)) * 16 + bytes(4096)  # two chunks of 4096 bytes, coded to unequal sizes
     swapped = _swap_chunks(compress.compress_bytes(data, **SMALL))
-    # In memory the frames are found through the index, and chunk 0's is too long for its
+    # Found through the index (in memory, two threads), chunk 0's frame is too long for its
     # place; read in order, chunk 0's frame is read whole, and chunk 1's starts elsewhere.
     with pytest.raises(ThriftyError, match="chunk 0 at byte .*not where the index puts it"):
-        compress.decompress_bytes(swapped)
+        compress.decompress_bytes(swapped, threads=2)
     with pytest.raises(ThriftyError, match="chunk 1 at byte .*not where the index puts it"):
-        container.read_all(io.BytesIO(swapped), "x", io.BytesIO())
+        compress.decompress_bytes(swapped)
     noise = _noise(8192, 0)  # stored raw: frames of the same size
     swapped = _swap_chunks(compress.compress_bytes(noise, **SMALL))
-    for read in (compress.decompress_bytes,
-                 lambda blob: container.read_all(io.BytesIO(blob), "x", io.BytesIO())):
+    for threads in (1, 2):
         with pytest.raises(ThriftyError, match="checksum of the whole file"):
-            read(swapped)
+            compress.decompress_bytes(swapped, threads=threads)
 
 
 def test_damage_is_told_the_same_in_memory_and_as_a_stream():
-    """In memory the frames are found through the index; where the end of the file does not
-    check out, the reader goes back to reading from the start, so each of these says the same
-    either way."""
+    """In memory, on more than one thread, the frames are found through the index; where the
+    end of the file does not check out, the reader goes back to reading from the start, so each
+    of these says the same either way."""
     blob = bytes(compress.compress_bytes(_float_bytes(6000, torch.bfloat16), dtype="bf16", **SMALL))
     index_at = int.from_bytes(blob[-16:-8], "little")
     second = list(container.Reader(io.BytesIO(blob), "x").chunks())[1].offset
@@ -851,8 +850,8 @@ def test_damage_is_told_the_same_in_memory_and_as_a_stream():
              "chunk 1 at byte .*checksum mismatch in its coded data": flipped(second + 40)}
     for message, damaged in cases.items():
         told = []
-        for read in (compress.decompress_bytes,
-                     lambda b: container.read_all(io.BytesIO(b), "<bytes>", io.BytesIO())):
+        for read in (lambda b: compress.decompress_bytes(b, threads=2),
+                     lambda b: container.read_all(io.BytesIO(b), "<bytes>", io.BytesIO(), 2)):
             with pytest.raises(ThriftyError, match=message) as caught:
                 read(damaged)
             told.append(str(caught.value))

@@ -741,9 +741,11 @@ def read_all(
 
     # A container held whole in memory, with an index that checks out, has its frames parsed
     # on the pool as well, where the index says they lie: the calling thread hands out every
-    # batch at once instead of parsing every frame first, while the pool waits for the GIL.
+    # batch at once instead of parsing every frame first while the pool waits for the GIL. (On
+    # one thread there is nothing to wait, and reading in order was 1-3% faster.)
     batches = (_listed_batches(reader, f.view, len(target))
-               if target is not None and isinstance(getattr(f, "view", None), memoryview) else None)
+               if threads > 1 and target is not None
+               and isinstance(getattr(f, "view", None), memoryview) else None)
     try:
         for frames in batches or ():
             pending.append((pool.submit(_decode_frames, name, reader.version, f.view, frames,
