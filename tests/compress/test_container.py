@@ -858,6 +858,26 @@ def test_damage_is_told_the_same_in_memory_and_as_a_stream():
         assert told[0] == told[1]
 
 
+def test_an_index_that_checks_out_but_lists_nonsense_is_an_error_not_a_crash():
+    """An index is trusted only as far as its digest goes: one rewritten with its digest made
+    to match (a crafted file) is read from the start and refused in one line."""
+    import xxhash
+
+    blob = bytes(compress.compress_bytes(_noise(3 * 4096, 3), **SMALL))
+    index_at = int.from_bytes(blob[-16:-8], "little")
+    reader = container.Reader.at(container.ViewReader(memoryview(blob)), "x", index_at + 1)
+    index = reader.index_body()
+    for entries in ([index["chunks"][0], 7, index["chunks"][2]], index["chunks"][:2] + [[1, 2]]):
+        ijson = container._pack_json({**index, "chunks": entries})
+        frame = (b"I" + container._U32.pack(len(ijson)) + ijson
+                 + container._U64.pack(xxhash.xxh3_64_intdigest(ijson)))
+        crafted = blob[:index_at] + frame + container._TRAILER.pack(index_at, container.END_MAGIC)
+        for threads in (1, 2):
+            with pytest.raises(ThriftyError, match="the index does not match the chunks|"
+                                                   "not where the index puts it"):
+                compress.decompress_bytes(crafted, threads=threads)
+
+
 def test_a_chunk_from_another_file_is_caught():
     """A frame that checks out by itself, at the right place, but from another container."""
     a = bytes(compress.compress_bytes(_noise(8192, 1), **SMALL))
