@@ -343,16 +343,20 @@ def test_bench_says_when_the_planes_fall_back_to_numpy(weights, monkeypatch, cap
     assert "plane transform: NumPy (thrifty.compress._planes was not built" in capsys.readouterr().out
 
 
-def test_a_closed_pipe_ends_quietly(tmp_path):
-    """thrifty inspect ... | head: more output than a pipe holds, then the reader goes away."""
+@pytest.mark.parametrize("form", ["--json", "--table"])
+def test_a_closed_pipe_ends_quietly(tmp_path, form):
+    """thrifty inspect ... | head: more output than a pipe holds, then the reader goes away.
+    The table is written file by file, where a closed pipe once read as an error of the file."""
     from safetensors.torch import save_file
 
     save_file({f"t{i}": torch.zeros(32768, dtype=torch.bfloat16) for i in range(300)},
               tmp_path / "many.safetensors")
     thrifty("compress", str(tmp_path / "many.safetensors"))
-    cmd = f"{sys.executable} -m thrifty inspect --json {tmp_path / 'many.safetensors.thz'} | head -1"
+    flag = "--json " if form == "--json" else ""
+    cmd = f"{sys.executable} -m thrifty inspect {flag}{tmp_path / 'many.safetensors.thz'} | head -1"
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-    assert proc.stdout == "{\n" and proc.stderr == ""
+    first = "{" if form == "--json" else f"{tmp_path / 'many.safetensors.thz'}: safetensors, "
+    assert proc.stdout.startswith(first) and proc.stdout.count("\n") == 1 and proc.stderr == ""
 
 
 def test_inspect_reports_a_corrupt_frame_header_in_one_line(weights, tmp_path):

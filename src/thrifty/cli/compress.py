@@ -124,6 +124,8 @@ def _each(inputs, work) -> int:
         except ThriftyError as e:
             print(f"thrifty: error: {e}", file=sys.stderr)
             failed += 1
+        except BrokenPipeError:  # our reader went away, not this file's fault: stop quietly
+            raise
         except OSError as e:
             where = e.filename or (src if src is not None else "stdin")
             print(f"thrifty: error: {where}: {e.strerror or e}", file=sys.stderr)
