@@ -878,6 +878,41 @@ def test_an_index_that_checks_out_but_lists_nonsense_is_an_error_not_a_crash():
                 compress.decompress_bytes(crafted, threads=threads)
 
 
+def test_shared_work_comes_back_in_order_from_both_threads():
+    import threading
+    import time
+
+    who = set()
+
+    def job(k):
+        who.add(threading.get_ident())
+        time.sleep(0.001)  # (lets the GIL go, as decoding does)
+        return k * k
+
+    assert container._shared(job, list(range(60)), container.executor(2), 1) == \
+        [k * k for k in range(60)]
+    assert len(who) == 2  # the calling thread worked too
+
+
+def test_shared_work_raises_the_first_failure_in_order_after_every_thread_stopped():
+    import time
+
+    started = []
+
+    def job(k):
+        started.append(k)
+        time.sleep(0.05 if k == 10 else 0.001)  # 30 fails first in time, 10 first in order
+        if k in (10, 30):
+            raise ThriftyError(f"job {k}")
+        return k
+
+    with pytest.raises(ThriftyError, match="job 10"):
+        container._shared(job, list(range(60)), container.executor(2), 1)
+    seen = len(started)
+    time.sleep(0.05)
+    assert len(started) == seen < 60  # nothing went on after it returned, nor to the end
+
+
 def test_a_chunk_from_another_file_is_caught():
     """A frame that checks out by itself, at the right place, but from another container."""
     a = bytes(compress.compress_bytes(_noise(8192, 1), **SMALL))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import itertools
 import json
 import mmap
 import os
@@ -708,22 +709,22 @@ def read_all(
     # order, each waits in memory until then, so a few per thread.
     ahead = max(2 * threads, (64 << 20) // READ_BATCH) if target is not None else 2 * threads
 
+    def take(raws: list[memoryview], digests: bytes) -> None:
+        listed.update(digests)
+        for raw in raws:
+            if whole is not None:
+                whole.update(raw)
+            if target is None:
+                out.write(raw)
+            if progress:
+                progress(len(raw))
+
     def drain(limit: int) -> None:
         if not limit:
             _finish(f for f, _ in pending)
         while len(pending) > limit:
             future, digests = pending.popleft()
-            raws = future.result()
-            if digests is None:  # a batch of frames parsed on the pool: it found them
-                raws, digests = raws
-            listed.update(digests)
-            for raw in raws:
-                if whole is not None:
-                    whole.update(raw)
-                if target is None:
-                    out.write(raw)
-                if progress:
-                    progress(len(raw))
+            take(future.result(), digests)
 
     # Chunks go to the pool in batches of at least READ_BATCH bytes: a file of many small
     # tensors is many small chunks, and one task each costs more in hand-offs than decoding.
@@ -740,17 +741,18 @@ def read_all(
             drain(ahead)
 
     # A container held whole in memory, with an index that checks out, has its frames parsed
-    # on the pool as well, where the index says they lie: the calling thread hands out every
-    # batch at once instead of parsing every frame first while the pool waits for the GIL. (On
-    # one thread there is nothing to overlap.)
+    # where they are decoded, found through the index, and the calling thread decodes too
+    # (_shared) instead of parsing every frame first while the pool waits for the GIL. (On one
+    # thread there is nothing to overlap.)
     batches = (_listed_batches(reader, f.view, len(target))
                if threads > 1 and target is not None
                and isinstance(getattr(f, "view", None), memoryview) else None)
     try:
-        for frames in batches or ():
-            pending.append((pool.submit(_decode_frames, name, reader.version, f.view, frames,
-                                        target), None))
-            drain(ahead)
+        if batches is not None:
+            for raws, digests in _shared(
+                    lambda frames: _decode_frames(name, reader.version, f.view, frames, target),
+                    batches, pool, threads - 1):
+                take(raws, digests)
         for chunk in reader.chunks() if batches is None else ():
             if target is not None and chunk.raw_offset + chunk.raw_len > len(target):
                 raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: runs past "
@@ -770,6 +772,42 @@ def read_all(
     if size is not None and size != reader.index["original_size"]:
         raise ThriftyError(f"{name}: header and index disagree on the original size")
     return reader.header
+
+
+def _shared(fn: Callable, jobs: list, pool, helpers: int) -> list:
+    """``fn(job)`` for each of ``jobs``, in order, done by the calling thread and ``helpers``
+    threads of ``pool``, each taking the next job when it is free; returns the results in order.
+
+    The calling thread works rather than waits: on this VM a woken pool thread sometimes got
+    its core milliseconds late, and with the calling thread asleep nothing went on meanwhile
+    (second worker starting 2-4 ms into a 16 ms decode; docs/benchmarks.md, thirteenth
+    session). On failure the first failing job in order raises, once every thread has stopped:
+    jobs are taken in order, so all those before it were done."""
+    results: list = [None] * len(jobs)
+    failed: dict[int, Exception] = {}
+    taken = itertools.count()  # next() on it is one step under the GIL: no job taken twice
+
+    def work() -> None:
+        while not failed:
+            k = next(taken)
+            if k >= len(jobs):
+                return
+            try:
+                results[k] = fn(jobs[k])
+            except Exception as e:  # noqa: BLE001 - raised by the caller below
+                failed[k] = e
+
+    helping = [pool.submit(work) for _ in range(helpers)]
+    try:
+        work()
+    except BaseException:
+        failed.setdefault(-1, RuntimeError("stopped"))  # (tells the helpers to stop)
+        raise
+    finally:
+        wait(helping)
+    if failed:
+        raise failed[min(failed)]
+    return results
 
 
 def _listed_batches(reader: Reader, view: memoryview, size: int) -> list[list[tuple]] | None:
