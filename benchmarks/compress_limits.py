@@ -39,7 +39,8 @@ Eleven tables, no targets (exit status 0 unless something fails to round-trip):
     chunk, and by zstd -3, each alone and the three in turns; MB/s and page faults per round.
 11. How ``decompress_bytes`` decodes MiniLM bf16 and fp32 at 1 and 2 threads: the ordinary way
     (several calls per chunk, frames parsed in order by the calling thread), with the compiled
-    chunk decoder, and with that and the frames found through the index; ZipNN beside.
+    chunk decoder, and with that, the frames found through the index and the calling thread
+    decoding beside the pool; ZipNN beside.
 
 Tables 1 to 5 run with fresh_malloc, as every ``bench.run_all`` does.
 
@@ -451,14 +452,16 @@ def pool_rows(text: bytes, bf16: bytes, rounds: int = 7) -> list[str]:
 
 WAYS_HEAD = ["| input | threads | ZipNN | thrifty, ordinary decoding, frames in order (as at "
              "1eb7fcb) | compiled chunk decoder, frames in order | compiled decoder, frames found "
-             "through the index on 2 threads, in order on 1 (now) |", "|---|---|---|---|---|---|"]
+             "through the index and the calling thread decoding too on 2 threads, in order on 1 "
+             "(now) |", "|---|---|---|---|---|---|"]
 
 
 def ways_rows(name: str, data: bytes, dtype: str, rounds: int = 15) -> list[str]:
     """Table 11: ``decompress_bytes`` the ordinary way (several calls per chunk, each giving up
     the GIL and taking it back; the calling thread parsing every frame), with the compiled
     chunk decoder (planes.whole_decoder: one GIL-free call per batch), and with that and the
-    frames found through the index and parsed on the pool; ZipNN beside. The four take turns
+    frames found through the index and parsed where they are decoded, by the pool and the
+    calling thread; ZipNN beside. The four take turns
     round by round, each round starting one further along; cells: best round (median round) in
     MB/s, and the best against ZipNN's."""
     from zipnn import ZipNN
