@@ -804,7 +804,7 @@ def _shared(fn: Callable, jobs: list, pool, helpers: int) -> list:
         failed.setdefault(-1, RuntimeError("stopped"))  # (tells the helpers to stop)
         raise
     finally:
-        wait(helping)
+        _settle(helping)  # a helper that has not started by now has nothing left to do
     if failed:
         raise failed[min(failed)]
     return results
