@@ -747,25 +747,26 @@ def read_all(
     batches = (_listed_batches(reader, f.view, len(target))
                if threads > 1 and target is not None
                and isinstance(getattr(f, "view", None), memoryview) else None)
-    try:
-        if batches is not None:
-            for raws, digests in _shared(
-                    lambda frames: _decode_frames(name, reader.version, f.view, frames, target),
-                    batches, pool, threads - 1):
-                take(raws, digests)
-        for chunk in reader.chunks() if batches is None else ():
-            if target is not None and chunk.raw_offset + chunk.raw_len > len(target):
-                raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: runs past "
-                                   f"the original size the header gives ({size})")
-            dst = None if target is None else target[chunk.raw_offset:chunk.raw_offset + chunk.raw_len]
-            batch.append((chunk, dst))
-            batch_bytes += chunk.raw_len
-            if batch_bytes >= READ_BATCH:
-                flush()
-        flush()
-        drain(0)
-    finally:
-        _settle(f for f, _ in pending)
+    if batches is not None:
+        for raws, digests in _shared(
+                lambda frames: _decode_frames(name, reader.version, f.view, frames, target),
+                batches, pool, threads - 1):
+            take(raws, digests)
+    else:
+        try:
+            for chunk in reader.chunks():
+                at = chunk.raw_offset
+                if target is not None and at + chunk.raw_len > len(target):
+                    raise ThriftyError(f"{name}: chunk {chunk.index} at byte {chunk.offset}: runs "
+                                       f"past the original size the header gives ({size})")
+                batch.append((chunk, None if target is None else target[at:at + chunk.raw_len]))
+                batch_bytes += chunk.raw_len
+                if batch_bytes >= READ_BATCH:
+                    flush()
+            flush()
+            drain(0)
+        finally:
+            _settle(f for f, _ in pending)
     if (whole.hexdigest() != reader.index["xxh3_64"] if whole is not None
             else listed.hexdigest() != reader.index.get("chunks_xxh3")):
         raise ThriftyError(f"{name}: checksum of the whole file does not match")

@@ -43,6 +43,8 @@ import threading
 
 import numpy as np
 
+from thrifty.compress import codecs
+
 try:
     from thrifty.compress import _planes as compiled
 except ImportError:  # installed without a C compiler
@@ -118,7 +120,6 @@ def _xxh3_address(lib: ctypes.CDLL) -> int:
 def _bind_whole() -> bool:
     import xxhash
     import xxhash._xxhash
-    import zstandard
 
     zstd = None
     for name in _ZSTD_NAMES:
@@ -141,9 +142,9 @@ def _bind_whole() -> bool:
     values = (np.arange(4096, dtype=np.uint32) * 2654435761 >> 16).astype("<u2") & 0xBF7F
     raw = values.tobytes()
     exponent, rest = split(raw, FLOAT, 2)
-    coded = zstandard.ZstdCompressor(level=3).compress(exponent)
+    coded = codecs.encode(exponent, codecs.ZSTD, codecs.EXPONENT)  # as the writer codes it
     payload = coded + bytes(rest)
-    table = [(1, len(coded)), (0, len(rest))]
+    table = [(codecs.ZSTD, len(coded)), (codecs.STORED, len(rest))]
     out = bytearray(len(raw))
     damaged = coded[:-4] + bytes(4) + bytes(rest)
     try:
@@ -175,9 +176,9 @@ def whole_decoder():
 
 def whole(transform: int, width: int, raw_len: int, table: list[tuple[int, int]]) -> bool:
     """Whether ``compiled.decode_chunks`` decodes a chunk with these planes: float or byte
-    planes, each stored or coded by zstd (codecs.STORED and codecs.ZSTD, 0 and 1)."""
-    return (transform in (FLOAT, BYTES) and usable(transform, width, raw_len)
-            and len(table) == width and all(method in (0, 1) for method, _ in table))
+    planes, each stored or coded by zstd."""
+    return (transform in (FLOAT, BYTES) and usable(transform, width, raw_len) and len(table) == width
+            and all(method in (codecs.STORED, codecs.ZSTD) for method, _ in table))
 
 
 def usable(transform: int, width: int, nbytes: int) -> bool:
