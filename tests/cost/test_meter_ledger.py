@@ -127,6 +127,11 @@ def test_runs_are_found_by_id_uid_prefix_and_directory(tmp_path: Path):
     assert ledger.get(str(tmp_path / "a"))["id"] == run.id
     with pytest.raises(ThriftyError, match="no run 'nope'"):
         ledger.get("nope")
+    # a uid whose prefix is digits alone (one in 40 for 8 characters) is still found by it
+    with metered_run("test", book=BOOK, ledger=ledger, run_dir=tmp_path / "b") as other:
+        other.uid = "18354158" + other.uid[8:]
+    assert ledger.get("18354158")["id"] == other.id
+    assert ledger.get(str(other.id))["id"] == other.id  # a number is an id first
 
 
 def test_a_stored_price_book_is_used_as_it_was(tmp_path: Path):

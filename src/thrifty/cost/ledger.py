@@ -150,11 +150,11 @@ class Ledger:
         return self._rows("WHERE kind = ?", (kind,)) if kind else self._rows()
 
     def get(self, ref: str | int) -> dict:
-        """A run by id, by a unique prefix of its uid, or by its run directory."""
+        """A run by id, by a unique prefix of its uid, or by its run directory. A number is an id
+        first: a uid prefix of digits alone is looked up only when no run has that id."""
         ref = str(ref)
-        if ref.isdigit():
-            rows = self._rows("WHERE id = ?", (int(ref),))
-        else:
+        rows = self._rows("WHERE id = ?", (int(ref),)) if ref.isdigit() else []
+        if not rows:
             rows = self._rows("WHERE uid LIKE ? OR run_dir = ? OR run_dir = ?",
                               (ref + "%", ref, str(Path(ref).resolve())))
             if len(rows) > 1 and not all(r["run_dir"] == rows[0]["run_dir"] for r in rows):
