@@ -154,3 +154,47 @@ def test_per_worker_state_resumes_only_on_as_many_workers(tmp_path, strategy, he
     train_tiny(tmp_path, *BUDGET, *strategy, "--run.stop_after=4", nproc=2)
     proc = thrifty("train", "--resume", str(tmp_path), "--nproc", "1", check=False)
     assert_one_line_error(proc, f"holds per-worker {held} (world size 2)", "--nproc 2")
+
+
+# Run in a fresh interpreter: torch._dynamo must not be imported yet, as in a real worker.
+_LEAVES = """
+import gc, sys, weakref
+from pathlib import Path
+import torch.distributed as dist
+from thrifty import config
+from thrifty.train import worker
+from thrifty.train.config import TrainConfig
+
+groups = []
+real_init = dist.init_process_group
+def init(*args, **kwargs):
+    real_init(*args, **kwargs)
+    groups.append(weakref.ref(dist.group.WORLD))
+dist.init_process_group = init
+
+cfg = config.load(TrainConfig, None, config.parse_overrides(sys.argv[2:]))
+worker.train(cfg, Path(sys.argv[1]), None)
+gc.collect()
+assert len(groups) == 1 and groups[0]() is None, "the process group outlived the run"
+"""
+
+
+@pytest.mark.parametrize("strategy", [
+    ["--strategy.name=ddp"],
+    ["--strategy.name=ddp", "--strategy.ddp_hook=powersgd", "--strategy.powersgd_rank=2"],
+    ["--strategy.name=diloco", "--strategy.inner_steps=2"],
+], ids=["ddp", "powersgd", "diloco"])
+def test_the_process_group_is_freed_when_training_ends(tmp_path, strategy):
+    # Anything that keeps the group alive keeps gloo's threads running into the interpreter's
+    # teardown, where a worker can die of SIGABRT after a finished run (seen in CI). Here the
+    # group is one process (no launcher), which holds the same references.
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _LEAVES, str(tmp_path / "run"), *TINY, "--train.tokens=1024",
+         *strategy], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

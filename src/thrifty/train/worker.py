@@ -51,6 +51,13 @@ def join(cfg: TrainConfig) -> Workers:
         return Workers(rank=0, world_size=1, device=device, distributed=False)
     backend = "nccl" if device.type == "cuda" else "gloo"
     device_id = device if device.type == "cuda" else None
+    # torch.distributed.nn.functional takes the default group as a default argument when first
+    # imported, and building the first optimizer imports it (through torch._dynamo). Imported
+    # after the group exists it holds the group for good: destroy_process_group cannot free it,
+    # and gloo's threads still run while the interpreter tears down, which now and then killed a
+    # worker with SIGABRT ("terminate called without an active exception") after a finished run.
+    # Imported now, it holds None.
+    import torch.distributed.nn.functional  # noqa: F401
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         # Under the elastic agent every attempt of the group meets in the same agent-hosted store,
         # and torch's env:// rendezvous adds no per-attempt prefix: after a restart a worker can

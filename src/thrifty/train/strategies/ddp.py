@@ -7,6 +7,7 @@ rank with error feedback and warm start (Vogels et al., 2019).
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import numpy as np
 import torch
@@ -59,7 +60,11 @@ class DDP(Strategy):
             self.shapes = {n: p.shape for n, p in model.named_parameters()}
             self.layout: list[str] | None = None  # parameter order of the flat PowerSGD state
             self.pending: dict | None = None  # per-parameter state loaded from a checkpoint
-            self.ddp.register_comm_hook(self.powersgd, self._powersgd_hook)
+            # The reducer (C++) holds the hook where the garbage collector cannot see it: a bound
+            # method would keep this strategy, its DDP module and so the process group alive for
+            # good, and destroy_process_group could not stop gloo's threads before exit.
+            method = weakref.WeakMethod(self._powersgd_hook)
+            self.ddp.register_comm_hook(self.powersgd, lambda state, bucket: method()(state, bucket))
         else:
             hook = {
                 "none": default_hooks.allreduce_hook,
