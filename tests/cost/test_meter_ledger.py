@@ -132,6 +132,8 @@ def test_runs_are_found_by_id_uid_prefix_and_directory(tmp_path: Path):
         other.uid = "18354158" + other.uid[8:]
     assert ledger.get("18354158")["id"] == other.id
     assert ledger.get(str(other.id))["id"] == other.id  # a number is an id first
+    with pytest.raises(ThriftyError, match="no run '9{30}'"):
+        ledger.get("9" * 30)  # too big for an id: a one-line error, not OverflowError
 
 
 def test_a_stored_price_book_is_used_as_it_was(tmp_path: Path):

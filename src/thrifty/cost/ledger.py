@@ -153,7 +153,8 @@ class Ledger:
         """A run by id, by a unique prefix of its uid, or by its run directory. A number is an id
         first: a uid prefix of digits alone is looked up only when no run has that id."""
         ref = str(ref)
-        rows = self._rows("WHERE id = ?", (int(ref),)) if ref.isdigit() else []
+        is_id = ref.isdigit() and int(ref) < 2**63  # SQLite's INTEGER is 64 bits
+        rows = self._rows("WHERE id = ?", (int(ref),)) if is_id else []
         if not rows:
             rows = self._rows("WHERE uid LIKE ? OR run_dir = ? OR run_dir = ?",
                               (ref + "%", ref, str(Path(ref).resolve())))

@@ -54,9 +54,9 @@ def join(cfg: TrainConfig) -> Workers:
     # torch.distributed.nn.functional takes the default group as a default argument when first
     # imported, and building the first optimizer imports it (through torch._dynamo). Imported
     # after the group exists it holds the group for good: destroy_process_group cannot free it,
-    # and gloo's threads still run while the interpreter tears down, which now and then killed a
-    # worker with SIGABRT ("terminate called without an active exception") after a finished run.
-    # Imported now, it holds None.
+    # and gloo's threads still run while the interpreter tears down. That is the likely cause of
+    # a worker that died with SIGABRT ("terminate called without an active exception") after a
+    # finished run in CI. Imported now, it holds None.
     import torch.distributed.nn.functional  # noqa: F401
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         # Under the elastic agent every attempt of the group meets in the same agent-hosted store,
