@@ -25,6 +25,7 @@ previous round's pages in some rounds and not in others, and best-of-N would kee
 only (``compress_limits.py`` shows both).
 
 Usage: python benchmarks/compress.py [--threads 1 2] [--repeat 5] [--big-gb 4] [--json OUT]
+                                     [--only NAME]
 """
 
 from __future__ import annotations
@@ -143,21 +144,27 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--big-gb", type=float, default=4.0, help="0 skips the memory check")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--only", help="only the inputs whose name contains this ('bf16', 'text')")
     args = parser.parse_args()
     failures, report = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        fp32 = minilm_path()
         inputs = {
-            "MiniLM fp32": fp32,
-            "MiniLM bf16": converted(fp32, torch.bfloat16, work / "bf16.safetensors"),
-            "MiniLM fp16": converted(fp32, torch.float16, work / "fp16.safetensors"),
-            "GPT checkpoint + AdamW": training_checkpoint(work / "ckpt.pt"),
-            "token shard (uint16)": token_shard(work / "tokens.npy"),
+            "MiniLM fp32": minilm_path,
+            "MiniLM bf16": lambda: converted(minilm_path(), torch.bfloat16, work / "bf16.safetensors"),
+            "MiniLM fp16": lambda: converted(minilm_path(), torch.float16, work / "fp16.safetensors"),
+            "GPT checkpoint + AdamW": lambda: training_checkpoint(work / "ckpt.pt"),
+            "token shard (uint16)": lambda: token_shard(work / "tokens.npy"),
             "text (stdlib .py)": None,
         }
-        for name, path in inputs.items():
-            data = path.read_bytes() if path else stdlib_text(32 << 20)
+        chosen = [name for name in inputs if not args.only or args.only in name]
+        if not chosen:
+            print(f"compress.py: --only {args.only!r} matches none of: {', '.join(inputs)}",
+                  file=sys.stderr)
+            return 2
+        for name in chosen:
+            make = inputs[name]
+            data = make().read_bytes() if make else stdlib_text(32 << 20)
             for threads in args.threads:
                 results = bench.run_all(data, threads, args.repeat)
                 report[f"{name} @{threads}T"] = [r.__dict__ for r in results]
