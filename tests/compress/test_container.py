@@ -211,6 +211,11 @@ def test_without_libzstd_decoding_takes_the_ordinary_path(monkeypatch):
     assert bytes(compress.decompress_bytes(compress.compress_bytes(data, **SMALL), threads=2)) == data
 
 
+def test_without_xxhash_s_compiled_module_decoding_takes_the_ordinary_path(monkeypatch):
+    monkeypatch.setitem(sys.modules, "xxhash._xxhash", None)  # as if python-xxhash were laid out otherwise
+    assert planes._bind_whole() is False
+
+
 def _edges(width: int) -> np.ndarray:
     """Every value at which a varint gains a byte, either side of it, and the largest."""
     top = (1 << 8 * width) - 1

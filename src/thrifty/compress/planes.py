@@ -118,9 +118,11 @@ def _xxh3_address(lib: ctypes.CDLL) -> int:
 
 
 def _bind_whole() -> bool:
-    import xxhash
-    import xxhash._xxhash
-
+    try:
+        import xxhash
+        import xxhash._xxhash  # the compiled module of python-xxhash 2 and 3
+    except ImportError:  # laid out otherwise: its XXH3 cannot be found
+        return False
     zstd = None
     for name in _ZSTD_NAMES:
         try:
